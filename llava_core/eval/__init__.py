@@ -1,0 +1,1 @@
+"""Evaluation of LLaVA models: POPE, VQA exact match / accuracy, captioning metrics."""

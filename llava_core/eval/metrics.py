@@ -1,0 +1,197 @@
+"""Scoring functions for POPE, VQA and captioning, matching the evaluators users compare against.
+
+- POPE: LLaVA's ``llava/eval/eval_pope.py`` (first sentence; "No"/"no"/"not" as a word means no).
+- VQA: the EvalAI / TextVQA answer normalisation (``m4c_evaluator.EvalAIAnswerProcessor``) with
+  exact match against any reference and the official VQA accuracy (min(1, matches/3) averaged
+  over the leave-one-out subsets of the references).
+- Captioning: ``pycocoevalcap``'s BLEU, ROUGE-L and CIDEr scorers (pure python) on a java-free
+  tokenisation (:func:`caption_tokenize`); METEOR (``pycocoevalcap``, java) only when ``java`` is
+  on PATH.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+
+# ----------------------------------------------------------------------------------------- POPE
+
+
+def pope_answer_is_yes(answer: str) -> bool:
+    """LLaVA's POPE normalisation: keep the text before the first '.', drop commas, split on
+    spaces; the answer is "no" when one of the words is exactly "No", "no" or "not"."""
+    text = answer.split(".")[0] if "." in answer else answer
+    words = text.replace(",", "").split(" ")
+    return not ("No" in words or "not" in words or "no" in words)
+
+
+def pope_label_is_yes(label: str) -> bool:
+    """POPE labels are "yes"/"no"; LLaVA treats anything but "no" as yes."""
+    return label != "no"
+
+
+def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """TP/FP/TN/FN, accuracy, precision, recall, F1 and yes-ratio of model answers vs labels."""
+    if len(answers) != len(labels):
+        raise ValueError(f"{len(answers)} answers for {len(labels)} labels")
+    if not labels:
+        raise ValueError("no POPE questions to score")
+    tp = fp = tn = fn = 0
+    for answer, label in zip(answers, labels):
+        pred, gold = pope_answer_is_yes(answer), pope_label_is_yes(label)
+        if pred and gold:
+            tp += 1
+        elif pred:
+            fp += 1
+        elif gold:
+            fn += 1
+        else:
+            tn += 1
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": len(labels), "TP": tp, "FP": fp, "TN": tn, "FN": fn,
+        "accuracy": (tp + tn) / len(labels), "precision": precision, "recall": recall,
+        "f1": f1, "yes_ratio": (tp + fp) / len(labels),
+    }
+
+
+# ------------------------------------------------------------------------------------------ VQA
+
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+            "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
+          "`", ",", "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# The contracted forms of the VQA evaluator's table; each maps from its apostrophe-less spellings.
+_CONTRACTED = """ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't
+hadn't've hasn't haven't he'd he'd've he's how'd how'll how's I'd I'd've I'm I've isn't it'd it'd've
+it'll let's ma'am mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't
+'ow's'at shan't she'd've she'd she's should've shouldn't shouldn't've somebody'd somebody'd've
+somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've
+something'll that's there'd there'd've there're there's they'd they'd've they'll they're they've
+'twas wasn't we'd've we'd we'll we're we've weren't what'll what're what's what've when's where'd
+where's where've who'd who'd've who'll who's who've why'll why're why's won't would've wouldn't
+wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've""".split()
+
+
+def _contraction_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for form in _CONTRACTED:
+        parts = form.split("'")
+        # every spelling that drops one or more of the apostrophes
+        for mask in range(2 ** (len(parts) - 1) - 1):
+            spelled = parts[0]
+            for i, part in enumerate(parts[1:]):
+                spelled += ("'" if mask >> i & 1 else "") + part
+            table[spelled] = form
+    return table
+
+
+_CONTRACTIONS = _contraction_table()
+
+
+def vqa_normalize(answer: str) -> str:
+    """EvalAI/TextVQA answer normalisation: lower case, punctuation, number words to digits,
+    articles dropped, contractions restored."""
+    text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    out = text
+    for p in _PUNCT:
+        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _PERIOD_STRIP.sub("", out)
+    words = [_NUMBERS.get(w, w) for w in out.split()]
+    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def vqa_scores(answer: str, references: Sequence[str]) -> tuple[float, float]:
+    """(exact match, VQA accuracy) of one answer against its reference answers, both normalised.
+
+    VQA accuracy: for each reference left out, min(1, matching other references / 3); averaged.
+    """
+    if not references:
+        raise ValueError("a VQA sample needs at least one reference answer")
+    pred = vqa_normalize(answer)
+    refs = [vqa_normalize(r) for r in references]
+    if len(refs) == 1:
+        return float(pred == refs[0]), float(pred == refs[0])
+    accs = [min(1.0, sum(r == pred for j, r in enumerate(refs) if j != i) / 3)
+            for i in range(len(refs))]
+    return float(pred in refs), sum(accs) / len(accs)
+
+
+def vqa_metrics(answers: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Mean exact match and mean VQA accuracy over samples."""
+    if len(answers) != len(references):
+        raise ValueError(f"{len(answers)} answers for {len(references)} reference lists")
+    if not answers:
+        raise ValueError("no VQA samples to score")
+    scores = [vqa_scores(a, r) for a, r in zip(answers, references)]
+    return {"n": len(scores),
+            "exact_match": sum(s[0] for s in scores) / len(scores),
+            "vqa_accuracy": sum(s[1] for s in scores) / len(scores)}
+
+
+# ----------------------------------------------------------------------------------- captioning
+
+_CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m|n't)\b")
+_TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*|'[a-z]+|\S")
+# pycocoevalcap's PTBTokenizer drops these tokens after tokenising
+_CAPTION_PUNCT = {"''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", "(", ")",
+                  "[", "]", "{", "}", '"'}
+
+
+def caption_tokenize(caption: str) -> str:
+    """Java-free stand-in for pycocoevalcap's PTBTokenizer: lower case, clitics split off as PTB
+    does ("dog's" -> "dog 's", "don't" -> "do n't"), punctuation tokens removed."""
+    text = _CLITIC.sub(r"\1 \2", caption.lower().replace("\n", " "))
+    return " ".join(t for t in _TOKEN.findall(text) if t not in _CAPTION_PUNCT)
+
+
+def caption_metrics(hypotheses: Mapping[str, str],
+                    references: Mapping[str, Sequence[str]],
+                    meteor: bool | None = None) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L, CIDEr and METEOR over a corpus.
+
+    METEOR runs pycocoevalcap's java scorer (~10 s to start): ``meteor=None`` includes it when
+    ``java`` is on PATH, ``True`` requires it, ``False`` leaves it out.
+
+    ``hypotheses`` maps a sample id to the generated caption, ``references`` the same ids to the
+    reference captions. CIDEr's document frequencies come from these references, as in COCO.
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    missing = set(hypotheses) ^ set(references)
+    if missing:
+        raise ValueError(f"hypotheses and references differ in ids, e.g. {sorted(missing)[:3]}")
+    if not hypotheses:
+        raise ValueError("no captions to score")
+    res = {k: [caption_tokenize(v)] for k, v in hypotheses.items()}
+    gts = {}
+    for k, refs in references.items():
+        if not refs:
+            raise ValueError(f"sample {k!r} has no reference captions")
+        gts[k] = [caption_tokenize(r) for r in refs]
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out = {f"BLEU-{i + 1}": float(b) for i, b in enumerate(bleu)}
+    out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    if meteor is None:
+        meteor = shutil.which("java") is not None
+    if meteor:
+        if shutil.which("java") is None:
+            raise RuntimeError("METEOR needs java on PATH (pycocoevalcap's meteor-1.5.jar)")
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        out["METEOR"] = float(Meteor().compute_score(gts, res)[0])
+    return out
