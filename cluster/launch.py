@@ -1,0 +1,337 @@
+"""Start ``nodes x gpus_per_node`` processes that each call a picklable callable.
+
+``submit(fn, spec)`` hands ``fn`` to an executor (``local``: processes on this box; ``slurm``:
+through submitit; others plug into :data:`EXECUTORS`). Every rank gets RANK, LOCAL_RANK,
+WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT and the platform's environment, and appends
+its output to ``<job_dir>/logs/rank<R>.log``. The executor records itself in
+``<job_dir>/launch.json`` so that :func:`job_state` and :func:`cancel` work from any process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import json
+import re
+import shutil
+import time as _time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import cloudpickle
+
+from cluster import platform as platforms
+from cluster.cluster_profile import load_cluster_profile
+from cluster.runtime import atomic_write_text
+
+EXECUTORS: dict[str, str] = {
+    "local": "cluster.local_executor:LocalExecutor",
+    "slurm": "cluster.slurm_executor:SlurmExecutor",
+    "docker": "cluster.docker_executor:DockerExecutor",
+}
+"""Executor name -> ``module:Class``, imported on first use. A new executor adds one entry."""
+
+TERMINAL_STATES = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+    "BOOT_FAIL", "DEADLINE",
+})
+LAUNCH_RECORD = "launch.json"
+
+
+@dataclass
+class LaunchSpec:
+    """Where and how to start a job's processes (field names are the CLI flag names)."""
+
+    job_dir: Path
+    """The job directory (on a filesystem shared by all nodes for Slurm)."""
+    name: str
+    """Job name shown by the scheduler."""
+    executor: str = "auto"
+    """auto (slurm when ``sbatch`` is on PATH, else local), local, slurm, or another registered one."""
+    nodes: int = 1
+    """Number of nodes."""
+    gpus_per_node: int = 1
+    """Processes per node, one per GPU; on CPU the number of processes."""
+    platform: str | None = None
+    """cuda, rocm, dcu or cpu; detected on each rank when not given."""
+    cluster: str | None = None
+    """Named cluster profile (or a YAML path) whose options fill the ones not given; applied by
+    :meth:`LaunchSpec.from_options`, which records the profile's file here."""
+    partition: str | None = None
+    """Slurm partition (``-p``)."""
+    time: str | None = None
+    """Time limit in a Slurm format: minutes, HH:MM:SS, D-HH[:MM[:SS]]."""
+    account: str | None = None
+    """Slurm account to charge (``-A``)."""
+    qos: str | None = None
+    """Slurm quality of service."""
+    gres: str | None = None
+    """Generic resources per node, e.g. ``gpu:a100:8`` or ``dcu:4``; replaces ``--gpus-per-node``
+    in the sbatch script (the task count still comes from ``gpus_per_node``)."""
+    cpus_per_task: int | None = None
+    """CPUs per process (data loader workers + 1 is a good start)."""
+    mem: str | None = None
+    """Memory per node in Slurm's format, e.g. ``500G``; ``0`` means all of it."""
+    constraint: str | None = None
+    """Slurm node features required (``-C``)."""
+    exclude: str | None = None
+    """Nodes not to use (``-x``)."""
+    slurm_setup: list[str] = field(default_factory=list)
+    """Shell lines run in the sbatch script before the tasks start (``module load ...``)."""
+    sbatch: dict = field(default_factory=dict)
+    """Any other sbatch option, ``{"mail-type": "END", "exclusive": true}``."""
+    container_image: str | None = None
+    """Pyxis/enroot image: every task runs in it (``srun --container-image``)."""
+    container_mounts: list[str] = field(default_factory=list)
+    """Extra ``SRC[:DST[:FLAGS]]`` mounts for the container (the job dir is always mounted)."""
+    apptainer: str | None = None
+    """Apptainer image (``.sif``): every task runs ``apptainer exec --nv|--rocm IMAGE python``."""
+    max_requeues: int = 3
+    """How many times a stopped (time limit, preemption) job is requeued before it fails."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables set on every rank (they win over the platform's defaults)."""
+
+    def __post_init__(self) -> None:
+        self.job_dir = Path(self.job_dir).expanduser().absolute()
+        for name in ("nodes", "gpus_per_node"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_requeues, int) or self.max_requeues < 0:
+            raise ValueError(f"--max-requeues must be an integer >= 0, got {self.max_requeues!r}")
+        if self.executor != "auto" and self.executor not in EXECUTORS:
+            raise ValueError(f"--executor: unknown executor {self.executor!r}; "
+                             f"choose one of auto, {', '.join(EXECUTORS)}")
+        if self.platform is not None:
+            platforms.get(self.platform)
+        if self.time is not None:
+            time_minutes(self.time)
+        if self.container_image and self.apptainer:
+            raise ValueError("--container-image and --apptainer are exclusive: pick one container runtime")
+        taken = {_sbatch_key(f.name) for f in dataclasses.fields(self)} | {
+            "ntasks-per-node", "job-name", "gpus-per-node", "nodes", "output", "error", "signal"}
+        for key in self.sbatch:
+            if _sbatch_key(key) in taken:
+                raise ValueError(f"--sbatch: option {key!r} has its own flag or is set by the launcher; "
+                                 f"use --{_flag(key.replace('-', '_'))} instead")
+        for name in ("env", "sbatch"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"--{name} must be a mapping, got {getattr(self, name)!r}")
+        for name in ("slurm_setup", "container_mounts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, [value])
+
+    @property
+    def world_size(self) -> int:
+        """Total number of processes."""
+        return self.nodes * self.gpus_per_node
+
+    @classmethod
+    def from_options(cls, options: dict) -> "LaunchSpec":
+        """Build a spec from user options (``-`` or ``_`` in names), applying ``cluster`` profiles.
+
+        Unknown names are rejected with the closest valid ones. Options given here win over the
+        profile's; ``env`` and ``sbatch`` are merged, ``slurm_setup`` lines are appended to the
+        profile's.
+        """
+        options = _normalise(options, "launch option")
+        if options.get("cluster"):
+            path, profile = load_cluster_profile(options["cluster"])
+            profile = _normalise(profile, f"option in cluster profile {path}")
+            merged = {**profile, **options}
+            for key in ("env", "sbatch"):
+                merged[key] = {**profile.get(key, {}), **options.get(key, {})}
+            merged["slurm_setup"] = [*_as_list(profile.get("slurm_setup")),
+                                     *_as_list(options.get("slurm_setup"))]
+            merged["container_mounts"] = [*_as_list(profile.get("container_mounts")),
+                                          *_as_list(options.get("container_mounts"))]
+            options = {**merged, "cluster": str(path)}
+        missing = [name for name in ("job_dir", "name") if name not in options]
+        if missing:
+            raise ValueError(f"missing launch option(s): {', '.join(missing)}")
+        return cls(**options)
+
+
+def launch_option_names() -> list[str]:
+    """The valid launch option names (the fields of :class:`LaunchSpec`)."""
+    return [f.name for f in dataclasses.fields(LaunchSpec)]
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _sbatch_key(name: str) -> str:
+    return name.replace("_", "-").lstrip("-")
+
+
+def _as_list(value: object) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _normalise(options: dict, what: str) -> dict:
+    valid = launch_option_names()
+    out = {}
+    for key, value in options.items():
+        name = key.lstrip("-").replace("-", "_")
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join('--' + _flag(c) for c in close)}?" if close else (
+                f"; valid: {', '.join('--' + _flag(v) for v in valid)}")
+            raise ValueError(f"unknown {what} --{_flag(name)}{hint}")
+        out[name] = value
+    return out
+
+
+_TIME_FORMATS = [
+    (re.compile(r"^(\d+)$"), lambda m: int(m[1])),
+    (re.compile(r"^(\d+):(\d{1,2})$"), lambda m: int(m[1]) + (int(m[2]) > 0)),
+    (re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})$"),
+     lambda m: int(m[1]) * 60 + int(m[2]) + (int(m[3]) > 0)),
+    (re.compile(r"^(\d+)-(\d{1,2})$"), lambda m: int(m[1]) * 1440 + int(m[2]) * 60),
+    (re.compile(r"^(\d+)-(\d{1,2}):(\d{1,2})$"),
+     lambda m: int(m[1]) * 1440 + int(m[2]) * 60 + int(m[3])),
+    (re.compile(r"^(\d+)-(\d{1,2}):(\d{1,2}):(\d{1,2})$"),
+     lambda m: int(m[1]) * 1440 + int(m[2]) * 60 + int(m[3]) + (int(m[4]) > 0)),
+]
+
+
+def time_minutes(value: str | int) -> int:
+    """Minutes (rounded up) of a Slurm time limit: ``90``, ``1:30:00``, ``2-00:00:00``..."""
+    text = str(value).strip()
+    for pattern, convert in _TIME_FORMATS:
+        match = pattern.match(text)
+        if match:
+            return convert(match)
+    raise ValueError(f"--time: {value!r} is not a Slurm time (minutes, HH:MM:SS, D-HH:MM:SS)")
+
+
+class Executor(Protocol):
+    """What an executor implements (see ``cluster.local_executor`` and ``cluster.slurm_executor``)."""
+
+    name: str
+
+    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> "JobHandle": ...
+
+    def state(self, job_dir: Path, record: dict) -> dict: ...
+
+    def cancel(self, job_dir: Path, record: dict) -> None: ...
+
+
+def get_executor(name: str) -> Executor:
+    """Instantiate the executor registered as ``name``."""
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; registered: {', '.join(EXECUTORS)}")
+    module_name, _, class_name = EXECUTORS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise ValueError(f"executor {name!r} is not available: module {module_name} is missing") from None
+    return getattr(module, class_name)()
+
+
+def resolve_executor(name: str) -> str:
+    """``auto`` -> ``slurm`` when ``sbatch`` is on PATH, else ``local``; other names unchanged."""
+    if name != "auto":
+        return name
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+class JobFailed(RuntimeError):
+    """A job ended in another state than COMPLETED; the message holds the remote traceback."""
+
+
+@dataclass
+class JobHandle:
+    """A submitted job: its scheduler id, executor and directory."""
+
+    job_id: str
+    executor: str
+    job_dir: Path
+
+    def state(self) -> dict:
+        """Same as :func:`job_state` for this job."""
+        return job_state(self.job_dir)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 1.0) -> object:
+        """Block until the job ends; return rank 0's result or raise :class:`JobFailed`."""
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        while True:
+            info = job_state(self.job_dir)
+            if info["state"] in TERMINAL_STATES:
+                break
+            if deadline is not None and _time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.job_id} still {info['state']} after {timeout} s")
+            _time.sleep(poll_s)
+        if info["state"] != "COMPLETED":
+            detail = info.get("traceback") or f"no traceback; see {self.job_dir / 'logs'}"
+            raise JobFailed(f"job {self.job_id} ({self.job_dir}) ended {info['state']}:\n{detail}")
+        result = Path(read_record(self.job_dir)["result_path"])
+        if not result.exists():
+            raise JobFailed(f"job {self.job_id} COMPLETED but rank 0 left no result at {result}")
+        return cloudpickle.loads(result.read_bytes())
+
+
+def submit(fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
+    """Start ``spec.nodes x spec.gpus_per_node`` processes that each call ``fn()``.
+
+    ``fn`` must be picklable (cloudpickle); rank 0's return value is what ``JobHandle.wait()``
+    returns. The job directory is created; stale results and tracebacks of an earlier run in the
+    same directory are removed (its logs are appended to).
+    """
+    name = resolve_executor(spec.executor)
+    executor = get_executor(name)
+    (spec.job_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for stale in spec.job_dir.glob("logs/rank*.traceback"):
+        stale.unlink()
+    return executor.submit(fn, dataclasses.replace(spec, executor=name))
+
+
+def write_record(job_dir: Path, record: dict) -> None:
+    """Write ``job_dir/launch.json`` atomically."""
+    atomic_write_text(Path(job_dir) / LAUNCH_RECORD, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def read_record(job_dir: Path) -> dict:
+    """The executor's record of the job in ``job_dir/launch.json``."""
+    path = Path(job_dir) / LAUNCH_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"{job_dir} has no {LAUNCH_RECORD}: it was never submitted")
+    return json.loads(path.read_text())
+
+
+def _tracebacks(job_dir: Path) -> str | None:
+    files = sorted(Path(job_dir).glob("logs/rank*.traceback"),
+                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not files:
+        return None
+    return "\n".join(f"--- {f.stem} ---\n{f.read_text()}" for f in files)
+
+
+def job_state(job_dir: Path) -> dict:
+    """State of the job in ``job_dir``: ``state`` (Slurm's vocabulary), ``job_id``, ``executor``,
+    ``nodes`` (host names when known), ``world_size``, ``restarts``, ``time_left`` and, for a
+    failed job, ``traceback``."""
+    record = read_record(job_dir)
+    info = {"job_id": record["job_id"], "executor": record["executor"], "name": record.get("name"),
+            "world_size": record.get("world_size"), "nodes": [], "num_nodes": record.get("nodes"),
+            "restarts": 0, "time_left": None, "submitted": record.get("submitted")}
+    info.update(get_executor(record["executor"]).state(Path(job_dir), record))
+    if info["state"] not in ("COMPLETED", "RUNNING", "PENDING"):
+        tb = _tracebacks(job_dir)
+        if tb:
+            info["traceback"] = tb
+    return info
+
+
+def cancel(job_dir: Path) -> None:
+    """Cancel the job in ``job_dir`` (all its processes, on every node)."""
+    record = read_record(job_dir)
+    get_executor(record["executor"]).cancel(Path(job_dir), record)
