@@ -1,0 +1,129 @@
+"""Units of the cluster layer: platform profiles, ZeRO configs, launch options, cluster profiles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster import platform as platforms
+from cluster.cluster_profile import shipped_profiles
+from cluster.deepspeed import ZERO_CONFIG_NAMES, load_zero_config
+from cluster.launch import EXECUTORS, LaunchSpec, get_executor, time_minutes
+
+FLAGS = {"tf32": True, "bf16": True, "fp16": False, "attn_implementation": "flash_attention_2",
+         "learning_rate": 2e-5}
+
+
+def test_dcu_drops_tf32_and_flash_attention_with_reasons():
+    flags, changes = platforms.get("dcu").adjust(FLAGS)
+    assert flags["tf32"] is False and flags["bf16"] is True and flags["learning_rate"] == 2e-5
+    assert flags["attn_implementation"] == "sdpa"
+    by_flag = {c.flag: c for c in changes}
+    assert set(by_flag) == {"tf32", "attn_implementation"}
+    assert "non-CUDA torch" in by_flag["tf32"].reason and by_flag["tf32"].old is True
+
+
+def test_cpu_trains_in_fp32_and_cuda_changes_nothing_it_supports():
+    flags, changes = platforms.get("cpu").adjust({**FLAGS, "fp16": True})
+    assert (flags["tf32"], flags["bf16"], flags["fp16"]) == (False, False, False)
+    assert {c.flag for c in changes} == {"tf32", "bf16", "fp16", "attn_implementation"}
+    flags, changes = platforms.get("cuda").adjust({**FLAGS, "attn_implementation": "sdpa"})
+    assert changes == [] and flags["tf32"] is True
+
+
+def test_platform_environment_and_devices():
+    dcu = platforms.get("dcu")
+    assert dcu.env["OMP_NUM_THREADS"] == "1" and dcu.env["HSA_FORCE_FINE_GRAIN_PCIE"] == "1"
+    assert dcu.visible_devices_var == "HIP_VISIBLE_DEVICES" and dcu.dist_backend == "nccl"
+    assert platforms.get("cuda").visible_devices_var == "CUDA_VISIBLE_DEVICES"
+    assert platforms.get("cpu").dist_backend == "gloo"
+    assert platforms.detect().name == "cpu"  # this machine: CPU torch, no DTK
+    with pytest.raises(ValueError, match="--platform: unknown platform 'tpu'"):
+        platforms.get("tpu")
+
+
+@pytest.mark.parametrize("name", ZERO_CONFIG_NAMES)
+def test_shipped_zero_configs(name):
+    config = load_zero_config(name)
+    zero = config["zero_optimization"]
+    assert config["train_micro_batch_size_per_gpu"] == "auto"
+    assert zero["stage"] == (3 if name.startswith("zero3") else 2)
+    assert zero["overlap_comm"] and zero["contiguous_gradients"]
+    if name.startswith("zero3"):
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+    if name.endswith("offload"):
+        assert zero["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert ("offload_param" in zero) == (name == "zero3_offload")
+
+
+def test_cpu_uses_torch_adam_where_an_optimizer_is_configured(tmp_path):
+    assert load_zero_config("zero3_offload", platform="cpu")["optimizer"]["params"]["torch_adam"] is True
+    assert "torch_adam" not in load_zero_config("zero3_offload")["optimizer"]["params"]
+    assert "optimizer" not in load_zero_config("zero3", platform="cpu")
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert load_zero_config(own)["zero_optimization"]["stage"] == 1
+    with pytest.raises(ValueError, match="--deepspeed: 'zero4'"):
+        load_zero_config("zero4")
+    own.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_zero_config(own)
+
+
+def test_unknown_launch_options_name_the_closest(tmp_path):
+    with pytest.raises(ValueError, match="unknown launch option --partiton; did you mean --partition"):
+        LaunchSpec.from_options({"job_dir": tmp_path, "name": "x", "partiton": "gpu"})
+    with pytest.raises(ValueError, match="did you mean --gpus-per-node"):
+        LaunchSpec.from_options({"job_dir": tmp_path, "name": "x", "--gpu-per-node": 4})
+    spec = LaunchSpec.from_options({"job-dir": tmp_path, "name": "x", "gpus-per-node": 2})
+    assert spec.gpus_per_node == 2 and spec.world_size == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"nodes": 0}, "--nodes must be a positive integer"),
+    ({"executor": "kubernetes"}, "--executor: unknown executor 'kubernetes'"),
+    ({"time": "soon"}, "--time: 'soon' is not a Slurm time"),
+    ({"container_image": "a", "apptainer": "b.sif"}, "exclusive"),
+    ({"sbatch": {"partition": "gpu"}}, "use --partition instead"),
+    ({"max_requeues": -1}, "--max-requeues"),
+])
+def test_bad_launch_values_name_the_flag(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        LaunchSpec(job_dir=tmp_path, name="x", **options)
+
+
+def test_time_formats():
+    assert [time_minutes(t) for t in ("90", "1:30", "1:30:00", "1:00:01", "2-00", "1-02:03", "1-00:00:00")] == [
+        90, 2, 90, 61, 2880, 1563, 1440]
+
+
+def test_cluster_profile_fills_defaults_and_flags_win(tmp_path):
+    assert {"scnet", "nvidia-slurm"} <= set(shipped_profiles())
+    spec = LaunchSpec.from_options({"job_dir": tmp_path, "name": "x", "cluster": "scnet", "nodes": 2,
+                                    "partition": "mine", "env": {"NCCL_IB_HCA": "mlx5_1"},
+                                    "slurm_setup": "echo hi"})
+    assert (spec.partition, spec.gres, spec.gpus_per_node, spec.platform) == ("mine", "dcu:4", 4, "dcu")
+    assert spec.env["NCCL_IB_HCA"] == "mlx5_1" and spec.env["WANDB_MODE"] == "offline"
+    assert spec.slurm_setup[1] == "module load compiler/dtk/25.04" and spec.slurm_setup[-1] == "echo hi"
+    assert spec.cluster.endswith("profiles/scnet.yaml")
+    bad = tmp_path / "site.yaml"
+    bad.write_text("partitoin: gpu\n")
+    with pytest.raises(ValueError, match=r"site.yaml --partitoin; did you mean --partition"):
+        LaunchSpec.from_options({"job_dir": tmp_path, "name": "x", "cluster": str(bad)})
+    with pytest.raises(ValueError, match="--cluster: no profile named 'nowhere'"):
+        LaunchSpec.from_options({"job_dir": tmp_path, "name": "x", "cluster": "nowhere"})
+
+
+def test_user_profile_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    site = tmp_path / ".config/llava-cluster/clusters/mysite.yaml"
+    site.parent.mkdir(parents=True)
+    site.write_text("partition: big\nqos: high\n")
+    spec = LaunchSpec.from_options({"job_dir": tmp_path, "name": "x", "cluster": "mysite"})
+    assert (spec.partition, spec.qos) == ("big", "high")
+
+
+def test_executor_registry():
+    assert {"local", "slurm", "docker"} <= set(EXECUTORS)
+    assert get_executor("local").name == "local" and get_executor("slurm").name == "slurm"
