@@ -1,0 +1,192 @@
+"""DPO for LLaVA as a transformers ``Trainer`` (so DeepSpeed ZeRO-2/3 behaves as in training).
+
+Loss variants (``beta`` always explicit), with ``d = (log pi(c) - log pi(r)) - (log ref(c) - log ref(r))``:
+
+- ``sigmoid`` (DPO, Rafailov et al.): ``-log sigmoid(beta * d)``
+- ``ipo`` (Azar et al.): ``(d - 1 / (2 beta))^2`` on length-averaged log-probs, as TRL does
+- ``hinge`` (SLiC): ``relu(1 - beta * d)``
+
+The reference model costs no extra memory: with a peft LoRA model it is the same model with its
+adapters disabled; otherwise its log-probs are computed in a first pass over the training set
+before the first update, stored as ``<output_dir>/reference_logps.pt`` and reused on resume.
+
+Per-step metrics use the names HA-DPO/TRL users read: ``rewards/chosen``, ``rewards/rejected``,
+``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``,
+``logps/ref_chosen``, ``logps/ref_rejected``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import Trainer
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+IGNORE_INDEX = -100
+REFERENCE_FILE = "reference_logps.pt"
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of the label tokens (``labels != -100``, predicted from
+    the previous position) and how many there are."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    tokens = labels.masked_fill(~mask, 0).unsqueeze(-1)
+    logits = logits.float()
+    logp = logits.gather(-1, tokens).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (logp * mask).sum(-1), mask.sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses and the implicit rewards ``beta * (log pi - log ref)`` of chosen/rejected."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+    if beta <= 0:
+        raise ValueError(f"DPO beta must be > 0, got {beta}")
+    d = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * d)
+    elif loss_type == "ipo":
+        losses = (d - 1 / (2 * beta)) ** 2
+    else:
+        losses = torch.relu(1 - beta * d)
+    return (losses, beta * (policy_chosen - ref_chosen).detach(),
+            beta * (policy_rejected - ref_rejected).detach())
+
+
+def _pad_cat(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:
+    """Stack two [B, T] batches into [2B, max T], right-padding with ``value``."""
+    width = max(a.shape[1], b.shape[1])
+    return torch.cat([F.pad(a, (0, width - a.shape[1]), value=value),
+                      F.pad(b, (0, width - b.shape[1]), value=value)])
+
+
+class DPOTrainer(Trainer):
+    """``Trainer`` whose loss is DPO over batches from :class:`llava_core.dpo_data.DPOCollator`.
+
+    Batches hold ``chosen_/rejected_`` ``input_ids``, ``attention_mask``, ``labels``, the shared
+    ``pixel_values`` (if the pairs have images) and the dataset ``index`` of each pair. The training arguments must have
+    ``remove_unused_columns=False``.
+    """
+
+    def __init__(self, *args, beta: float, loss_type: str = "sigmoid", **kwargs):
+        super().__init__(*args, **kwargs)
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+        if beta <= 0:
+            raise ValueError(f"DPO beta must be > 0, got {beta}")
+        if self.args.remove_unused_columns:
+            raise ValueError("DPO needs TrainingArguments(remove_unused_columns=False): the batch "
+                             "keys chosen_*/rejected_* are not model arguments")
+        self.beta, self.loss_type = beta, loss_type
+        self.adapter_reference = isinstance(self.model, PeftModel)
+        self._reference: dict[int, tuple[float, float]] | None = None
+        self._stored: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    # -- forward passes -------------------------------------------------------------------------
+
+    def pair_logps(self, model, inputs: dict) -> tuple[torch.Tensor, ...]:
+        """(chosen sum, rejected sum, chosen count, rejected count) under ``model``, in one forward
+        of the chosen and rejected sequences stacked."""
+        n = inputs["chosen_input_ids"].shape[0]
+        out = model(input_ids=_pad_cat(inputs["chosen_input_ids"], inputs["rejected_input_ids"], 0),
+                    attention_mask=_pad_cat(inputs["chosen_attention_mask"],
+                                            inputs["rejected_attention_mask"], 0),
+                    pixel_values=(torch.cat([inputs["pixel_values"]] * 2)
+                                  if "pixel_values" in inputs else None),
+                    use_cache=False)
+        labels = _pad_cat(inputs["chosen_labels"], inputs["rejected_labels"], IGNORE_INDEX)
+        logps, counts = sequence_logps(out.logits, labels)
+        return logps[:n], logps[n:], counts[:n], counts[n:]
+
+    @torch.no_grad()
+    def reference_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference (chosen, rejected) summed log-probs for this batch."""
+        if self.adapter_reference:
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                chosen, rejected, _, _ = self.pair_logps(model, inputs)
+            return chosen, rejected
+        self._load_or_compute_reference(model)
+        rows = [self._reference[int(i)] for i in inputs["index"]]
+        device = inputs["chosen_input_ids"].device
+        return (torch.tensor([r[0] for r in rows], device=device),
+                torch.tensor([r[1] for r in rows], device=device))
+
+    def _load_or_compute_reference(self, model) -> None:
+        if self._reference is not None:
+            return
+        path = Path(self.args.output_dir) / REFERENCE_FILE
+        n = len(self.train_dataset)
+        if path.is_file():
+            table = torch.load(path)
+            if len(table) != n:
+                raise ValueError(f"{path} holds reference log-probs for {len(table)} pairs, the "
+                                 f"dataset has {n}: delete it to recompute")
+            self._reference = table
+            return
+        if self.state.global_step > 0:
+            raise FileNotFoundError(f"{path} is missing on resume at step {self.state.global_step}: "
+                                    "the reference log-probs cannot be recomputed from a trained policy")
+        self._reference = self._compute_reference(model)
+        if self.args.process_index == 0:
+            tmp = path.with_suffix(".tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self._reference, tmp)
+            os.replace(tmp, path)
+
+    def _compute_reference(self, model) -> dict[int, tuple[float, float]]:
+        """Every rank scores pairs ``rank::world`` (padded so all ranks run the same number of
+        batches, as ZeRO-3 requires), then the tables are gathered."""
+        rank, world = self.args.process_index, self.args.world_size
+        n, bs = len(self.train_dataset), self.args.per_device_train_batch_size
+        mine = list(range(rank, n, world))
+        per_rank = -(-n // world)
+        mine += mine[-1:] * (per_rank - len(mine))
+        table: dict[int, tuple[float, float]] = {}
+        for start in range(0, len(mine), bs):
+            batch = self.data_collator([self.train_dataset[i] for i in mine[start:start + bs]])
+            batch = self._prepare_inputs(batch)
+            chosen, rejected, _, _ = self.pair_logps(model, batch)
+            for i, c, r in zip(batch["index"].tolist(), chosen.tolist(), rejected.tolist()):
+                table[i] = (c, r)
+        if world > 1:
+            parts: list = [None] * world
+            dist.all_gather_object(parts, table)
+            table = {k: v for part in parts for k, v in part.items()}
+        return table
+
+    # -- Trainer hooks --------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        chosen, rejected, n_chosen, n_rejected = self.pair_logps(model, inputs)
+        if self.loss_type == "ipo":
+            chosen, rejected = chosen / n_chosen, rejected / n_rejected
+            ref_chosen, ref_rejected = ref_chosen / n_chosen, ref_rejected / n_rejected
+        losses, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected,
+                                                self.beta, self.loss_type)
+        for name, value in (("rewards/chosen", r_chosen), ("rewards/rejected", r_rejected),
+                            ("rewards/margins", r_chosen - r_rejected),
+                            ("rewards/accuracies", (r_chosen > r_rejected).float()),
+                            ("logps/chosen", chosen), ("logps/rejected", rejected),
+                            ("logps/ref_chosen", ref_chosen), ("logps/ref_rejected", ref_rejected)):
+            self._stored[name].append(value.detach().float().mean())
+        loss = losses.mean()
+        return (loss, {"losses": losses}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the DPO metrics, averaged over the steps since the last log and over ranks."""
+        if self._stored and "loss" in logs:
+            for name, values in self._stored.items():
+                mean = torch.stack(values).mean().to(self.args.device)
+                logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
+            self._stored.clear()
+        super().log(logs, start_time)

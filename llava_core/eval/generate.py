@@ -1,0 +1,61 @@
+"""Batched greedy generation for a LLaVA model, sharded over the ranks of a process group.
+
+Rank ``r`` of ``world`` answers samples ``r::world``; the answers are gathered with
+``torch.distributed`` (gloo on CPU, NCCL on GPUs) and merged back into the input order, so every
+rank returns the same full list. Without a process group it runs everything in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def generate_answers(model, processor, prompts: Sequence[str], images: Sequence[str | None],
+                     batch_size: int = 8, max_new_tokens: int = 32) -> list[str]:
+    """Greedy answers to ``prompts`` (full prompt strings with one ``<image>`` placeholder where
+    an image is given), in input order. ``images`` holds an image path or None per prompt."""
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
+    rank, world = rank_and_world()
+    mine = list(range(rank, len(prompts), world))
+    answers: list[str] = []
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        answers += generate_batch(model, processor, [prompts[i] for i in idx],
+                                  [images[i] for i in idx], max_new_tokens)
+    if world == 1:
+        return answers
+    parts: list[list[str] | None] = [None] * world
+    dist.all_gather_object(parts, answers)
+    merged: list[str] = [""] * len(prompts)
+    for r, part in enumerate(parts):
+        merged[r::world] = part
+    return merged
+
+
+def generate_batch(model, processor, prompts: Sequence[str], images: Sequence[str | None],
+                   max_new_tokens: int) -> list[str]:
+    """Greedy answers for one left-padded batch."""
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    pil = [Image.open(p).convert("RGB") for p in images if p is not None]
+    inputs = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id)
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
