@@ -308,8 +308,8 @@ def read_record(job_dir: Path) -> dict:
 
 
 def _tracebacks(job_dir: Path) -> str | None:
-    files = sorted(Path(job_dir).glob("logs/rank*.traceback"),
-                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    # the earliest first: the other ranks usually fail because that one did
+    files = sorted(Path(job_dir).glob("logs/rank*.traceback"), key=lambda p: p.stat().st_mtime_ns)
     if not files:
         return None
     return "\n".join(f"--- {f.stem} ---\n{f.read_text()}" for f in files)

@@ -1,0 +1,109 @@
+"""Show jobs: ``python -m jobs.status [JOB] [--runs DIR]``.
+
+Without JOB, one line per job under ``runs/``: state, nodes, step reached, last loss, time left.
+With JOB (a job directory or its name under ``runs/``), the details, and the remote traceback of a
+failed job.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fire
+
+from cluster.launch import LAUNCH_RECORD, job_state
+
+
+def find_job(job: str, runs: str = "runs") -> Path:
+    """The job directory named by ``job``: a path, a name under ``runs``, or a unique prefix of one."""
+    path = Path(job)
+    if (path / LAUNCH_RECORD).exists():
+        return path
+    base = Path(runs)
+    if (base / job / LAUNCH_RECORD).exists():
+        return base / job
+    matches = sorted(p for p in base.glob(f"{job}*") if (p / LAUNCH_RECORD).exists())
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise SystemExit(f"JOB {job!r} matches several jobs under {base}/: "
+                         f"{', '.join(p.name for p in matches)}")
+    raise SystemExit(f"JOB {job!r}: no submitted job at {path} or under {base}/")
+
+
+def last_metrics(job_dir: Path) -> tuple[int | None, float | None]:
+    """The highest step and the last loss in ``metrics.jsonl`` (incomplete lines are skipped)."""
+    step, loss = None, None
+    path = job_dir / "metrics.jsonl"
+    if not path.exists():
+        return step, loss
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row.get("step"), int):
+            step = max(step or 0, row["step"])
+        if isinstance(row.get("loss"), (int, float)):
+            loss = row["loss"]
+    return step, loss
+
+
+def _hms(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _nodes(info: dict) -> str:
+    return ",".join(info["nodes"]) if info.get("nodes") else str(info.get("num_nodes") or "-")
+
+
+def describe(job_dir: Path) -> str:
+    """The details of one job, with the remote traceback if it failed."""
+    info = job_state(job_dir)
+    step, loss = last_metrics(job_dir)
+    lines = [
+        f"job        {job_dir}",
+        f"executor   {info['executor']} (job id {info['job_id']})",
+        f"state      {info['state']}" + (f" ({info['reason']})" if info.get("reason") not in (None, "None") else ""),
+        f"nodes      {_nodes(info)}  world size {info.get('world_size')}",
+        f"restarts   {info.get('restarts', 0)}",
+        f"step       {step if step is not None else '-'}  last loss {loss if loss is not None else '-'}",
+        f"time left  {_hms(info.get('time_left'))}",
+        f"submitted  {info.get('submitted')}",
+        f"logs       {job_dir / 'logs'}",
+    ]
+    if info.get("traceback"):
+        lines += ["", "remote traceback:", info["traceback"].rstrip()]
+    return "\n".join(lines)
+
+
+def table(runs: Path) -> str:
+    """One line per job under ``runs``, newest last."""
+    rows = [("JOB", "EXECUTOR", "ID", "STATE", "NODES", "STEP", "LOSS", "TIME LEFT")]
+    for job_dir in sorted(p.parent for p in Path(runs).glob(f"*/{LAUNCH_RECORD}")):
+        try:
+            info = job_state(job_dir)
+        except (OSError, ValueError, KeyError) as err:
+            rows.append((job_dir.name, "?", "?", f"unreadable: {err}", "", "", "", ""))
+            continue
+        step, loss = last_metrics(job_dir)
+        rows.append((job_dir.name, info["executor"], str(info["job_id"]), info["state"], _nodes(info),
+                     "-" if step is None else str(step), "-" if loss is None else f"{loss:.4g}",
+                     _hms(info.get("time_left"))))
+    if len(rows) == 1:
+        return f"no jobs under {runs}/"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def main(job: str | None = None, runs: str = "runs") -> None:
+    """Show all jobs under ``runs`` or the details of ``job``."""
+    print(describe(find_job(str(job), runs)) if job is not None else table(Path(runs)))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
