@@ -20,12 +20,22 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import Trainer
+
+from llava_core.config import TrainConfig
+from llava_core.data import Encoder, ImageLoader, n_image_tokens
+from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
+from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
+from llava_core.model import build_model
+from llava_core.train import (LlavaTrainer, MetricsCallback, StopCallback, TrainResult,
+                              _cpu_distributed_state, configure_reporting, configure_tensorboard,
+                              ensure_single_process_env, is_main, last_complete_checkpoint,
+                              save_final, training_arguments, write_loss_plot)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 IGNORE_INDEX = -100
@@ -69,8 +79,9 @@ def _pad_cat(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:
                       F.pad(b, (0, width - b.shape[1]), value=value)])
 
 
-class DPOTrainer(Trainer):
-    """``Trainer`` whose loss is DPO over batches from :class:`llava_core.dpo_data.DPOCollator`.
+class DPOTrainer(LlavaTrainer):
+    """The training Trainer (per-part learning rates, e.g. HA-DPO's ``mm_projector_lr 0``) with the
+    DPO loss over batches from :class:`llava_core.dpo_data.DPOCollator`.
 
     Batches hold ``chosen_/rejected_`` ``input_ids``, ``attention_mask``, ``labels``, the shared
     ``pixel_values`` (if the pairs have images) and the dataset ``index`` of each pair. The training arguments must have
@@ -190,3 +201,56 @@ class DPOTrainer(Trainer):
                 logs[name] = self.accelerator.reduce(mean, reduction="mean").item()
             self._stored.clear()
         super().log(logs, start_time)
+
+
+def dpo_dataset(cfg: TrainConfig, model, processor) -> DPODataset:
+    """The preference records of ``cfg.data_path`` (comma-separated files), encoded in the run's
+    prompt format with its image settings."""
+    records = [r for path in cfg.data_path.split(",") if path for r in read_dpo_records(path)]
+    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model.config, processor),
+                      cfg.model_max_length)
+    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
+    return DPODataset(records, encoder, images, source=cfg.data_path)
+
+
+def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
+              should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """DPO on ``cfg.model_name_or_path`` (an HF-format LLaVA) with the training setup of
+    :func:`llava_core.train.train`: freeze plan / LoRA, DeepSpeed, resume from the newest
+    checkpoint, stop-and-save, ``metrics.jsonl``, ``final/`` (LoRA merged; adapter in ``adapter/``).
+    """
+    if not cfg.output_dir:
+        raise ValueError("--output_dir is required")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.deepspeed:
+        ensure_single_process_env()
+    configure_reporting(cfg)
+    configure_tensorboard(cfg)
+    args = training_arguments(cfg, _cpu_distributed_state(cfg))
+
+    model, processor = build_model(cfg)
+    model.config.use_cache = False
+    dataset = dpo_dataset(cfg, model, processor)
+    model = apply_freeze_plan(model, cfg)
+    if cfg.gradient_checkpointing and cfg.lora_enable:
+        model.enable_input_require_grads()
+    if is_main():
+        print(format_report(parameter_report(model), plan_name(cfg)), flush=True)
+        print(f"DPO: {len(dataset)} pairs, loss {loss_type}, beta {beta}, reference: "
+              f"{'adapters disabled' if isinstance(model, PeftModel) else 'precomputed'}", flush=True)
+    stop = StopCallback(should_stop) if should_stop else None
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset,
+                         data_collator=DPOCollator(processor.tokenizer.pad_token_id),
+                         processing_class=processor.tokenizer,
+                         callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
+                         llava_cfg=cfg, lengths=[1] * len(dataset), beta=beta, loss_type=loss_type)
+    resume = last_complete_checkpoint(out)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop and stop.stopped:
+        return TrainResult("interrupted", trainer.state.global_step, str(out))
+    final = save_final(trainer, cfg, processor)
+    if is_main():
+        write_loss_plot(out / "metrics.jsonl", out / "loss.png")
+    return TrainResult("completed", trainer.state.global_step, str(out), str(final),
+                       dict(result.metrics))

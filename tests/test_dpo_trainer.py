@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingArguments
 
+from llava_core.config import TrainConfig
 from llava_core.data import Encoder, ImageLoader, n_image_tokens
 from llava_core.dpo import REFERENCE_FILE, DPOTrainer
 from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
@@ -16,6 +17,9 @@ from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
            "logps/chosen", "logps/rejected", "logps/ref_chosen", "logps/ref_rejected"]
+
+
+LLAVA = {"llava_cfg": TrainConfig(), "lengths": []}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +62,7 @@ def test_adapter_disabled_reference_equals_frozen_copy(setup):
     frozen = copy.deepcopy(base).eval()
     peft = _lora(base, live=True)
     trainer = DPOTrainer(model=peft, args=_args(root / "lora"), train_dataset=dataset,
-                         data_collator=collator, beta=0.1)
+                         data_collator=collator, beta=0.1, **LLAVA)
     batch = collator([dataset[0], dataset[1]])
     ref_c, ref_r = trainer.reference_logps(peft, batch)
     with torch.no_grad():
@@ -75,7 +79,7 @@ def test_precomputed_reference_stored_and_reused_on_resume(setup):
     model = LlavaForConditionalGeneration.from_pretrained(path)
     frozen = copy.deepcopy(model).eval()
     trainer = DPOTrainer(model=model, args=_args(out), train_dataset=dataset,
-                         data_collator=collator, beta=0.1)
+                         data_collator=collator, beta=0.1, **LLAVA)
     batch = collator([dataset[2], dataset[3]])
     ref_c, ref_r = trainer.reference_logps(model, batch)
     with torch.no_grad():
@@ -88,14 +92,14 @@ def test_precomputed_reference_stored_and_reused_on_resume(setup):
         for p in model.parameters():
             p.add_(0.1)
     resumed = DPOTrainer(model=model, args=_args(out), train_dataset=dataset,
-                         data_collator=collator, beta=0.1)
+                         data_collator=collator, beta=0.1, **LLAVA)
     resumed.state.global_step = 3
     again_c, _ = resumed.reference_logps(model, batch)
     assert torch.equal(again_c, ref_c)
 
     (out / REFERENCE_FILE).unlink()
     lost = DPOTrainer(model=model, args=_args(out), train_dataset=dataset,
-                      data_collator=collator, beta=0.1)
+                      data_collator=collator, beta=0.1, **LLAVA)
     lost.state.global_step = 3
     with pytest.raises(FileNotFoundError, match="missing on resume at step 3"):
         lost.reference_logps(model, batch)
@@ -109,7 +113,7 @@ def test_training_logs_dpo_metrics_and_raises_margin(setup, loss_type):
                                                 learning_rate=5e-3, logging_steps=1,
                                                 lr_scheduler_type="constant"),
                          train_dataset=dataset, data_collator=collator, beta=0.1,
-                         loss_type=loss_type)
+                         loss_type=loss_type, **LLAVA)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 6 and all(m in logs[0] for m in METRICS)

@@ -1,0 +1,103 @@
+"""One evaluation: read the task's files, generate answers sharded over the ranks, score on rank 0,
+write ``<out_dir>/eval/<task>.json`` (per-sample answers and metrics) and print a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llava_core.config import PROMPT_VERSIONS
+from llava_core.conversation import generation_prompt
+from llava_core.eval.caption import read_coco_captions
+from llava_core.eval.generate import generate_answers, rank_and_world
+from llava_core.eval.metrics import caption_metrics, pope_answer_is_yes, pope_metrics, vqa_metrics
+from llava_core.eval.pope import POPE_SPLITS, find_pope_files, read_pope_split
+from llava_core.eval.vqa import read_vqa
+from llava_core.inference import load_model
+from llava_core.io import atomic_write_json
+
+TASKS = ("pope", "vqa", "caption")
+SHORT_ANSWER = "\nAnswer the question using a single word or phrase."   # LLaVA's POPE/VQA prompt
+CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLaVA's caption prompt
+
+
+def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: str,
+             splits: tuple[str, ...] = POPE_SPLITS, version: str = "v1",
+             prompt_suffix: str | None = None, caption_prompt: str = CAPTION_PROMPT,
+             batch_size: int = 8, max_new_tokens: int = 32, meteor: bool | None = None,
+             model=None, processor=None) -> dict[str, Any]:
+    """Evaluate ``model_path`` on ``task`` and return its metrics (on every rank).
+
+    ``data``: POPE: the folder of per-split question files (or one file); VQA: the questions with
+    answers; caption: COCO captions JSON. ``version``: the prompt format the model was trained
+    with (LLaVA names: v1, plain, chat_template...). ``prompt_suffix`` is appended to POPE/VQA
+    questions (default: LLaVA's "Answer the question using a single word or phrase.").
+    ``model``/``processor`` may be passed already loaded (then ``model_path`` only labels the output).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
+    if version not in PROMPT_VERSIONS:
+        raise ValueError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
+    suffix = SHORT_ANSWER if prompt_suffix is None else prompt_suffix
+    if model is None:
+        model, processor = load_model(model_path)
+    fmt = PROMPT_VERSIONS[version]
+
+    if task == "pope":
+        if Path(data).is_file():
+            stem = Path(data).stem
+            files = {next((s for s in POPE_SPLITS if stem.endswith(s)), stem): Path(data)}
+        else:
+            files = find_pope_files(data, splits)
+        items = [(split, q) for split, f in files.items() for q in read_pope_split(f, image_folder)]
+        questions = [q.text + suffix for _, q in items]
+        images = [q.image for _, q in items]
+    elif task == "vqa":
+        vqa = read_vqa(data, image_folder)
+        questions, images = [q.text + suffix for q in vqa], [q.image for q in vqa]
+    else:
+        caps = read_coco_captions(data, image_folder)
+        questions, images = [caption_prompt] * len(caps), [c.image for c in caps]
+
+    prompts = [generation_prompt(q, fmt, processor.tokenizer, with_image=True) for q in questions]
+    answers = generate_answers(model, processor, prompts, images, batch_size, max_new_tokens)
+
+    if task == "pope":
+        metrics = {split: pope_metrics([a for (s, _), a in zip(items, answers) if s == split],
+                                       [q.label for s, q in items if s == split]) for split in files}
+        samples = [{"split": s, "question_id": q.question_id, "image": q.image, "question": q.text,
+                    "answer": a, "pred": "yes" if pope_answer_is_yes(a) else "no", "label": q.label}
+                   for (s, q), a in zip(items, answers)]
+    elif task == "vqa":
+        metrics = vqa_metrics(answers, [q.answers for q in vqa])
+        samples = [{"question_id": q.question_id, "image": q.image, "question": q.text,
+                    "answer": a, "answers": list(q.answers)} for q, a in zip(vqa, answers)]
+    else:
+        metrics = caption_metrics({c.image_id: a for c, a in zip(caps, answers)},
+                                  {c.image_id: c.references for c in caps}, meteor=meteor)
+        samples = [{"image_id": c.image_id, "image": c.image, "caption": a,
+                    "references": list(c.references)} for c, a in zip(caps, answers)]
+
+    if rank_and_world()[0] == 0:
+        atomic_write_json(Path(out_dir) / "eval" / f"{task}.json",
+                          {"task": task, "model": str(model_path), "data": str(data),
+                           "metrics": metrics, "samples": samples})
+        print_table(task, metrics)
+    return metrics
+
+
+def print_table(task: str, metrics: dict[str, Any]) -> None:
+    """The metrics as a rich table (one row per POPE split)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = metrics if task == "pope" else {task: metrics}
+    columns = list(next(iter(rows.values())))
+    table = Table(title=f"eval: {task}")
+    table.add_column("split" if task == "pope" else "task")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, row in rows.items():
+        table.add_row(name, *(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
+                              for c in columns))
+    Console().print(table)
