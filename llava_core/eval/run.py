@@ -3,8 +3,11 @@ write ``<out_dir>/eval/<task>.json`` (per-sample answers and metrics) and print 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from llava_core.config import PROMPT_VERSIONS
 from llava_core.conversation import generation_prompt
@@ -25,13 +28,14 @@ def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: 
              splits: tuple[str, ...] = POPE_SPLITS, version: str = "v1",
              prompt_suffix: str | None = None, caption_prompt: str = CAPTION_PROMPT,
              batch_size: int = 8, max_new_tokens: int = 32, meteor: bool | None = None,
-             model=None, processor=None) -> dict[str, Any]:
+             dtype: str = "auto", model=None, processor=None) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``task`` and return its metrics (on every rank).
 
     ``data``: POPE: the folder of per-split question files (or one file); VQA: the questions with
     answers; caption: COCO captions JSON. ``version``: the prompt format the model was trained
     with (LLaVA names: v1, plain, chat_template...). ``prompt_suffix`` is appended to POPE/VQA
     questions (default: LLaVA's "Answer the question using a single word or phrase.").
+    ``dtype``: auto = bfloat16 on a GPU (this rank's ``LOCAL_RANK``), float32 on CPU.
     ``model``/``processor`` may be passed already loaded (then ``model_path`` only labels the output).
     """
     if task not in TASKS:
@@ -40,7 +44,9 @@ def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: 
         raise ValueError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
     suffix = SHORT_ANSWER if prompt_suffix is None else prompt_suffix
     if model is None:
-        model, processor = load_model(model_path)
+        model, processor = load_model(model_path, _dtype(dtype))
+        if torch.cuda.is_available():
+            model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     fmt = PROMPT_VERSIONS[version]
 
     if task == "pope":
@@ -84,6 +90,14 @@ def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: 
                            "metrics": metrics, "samples": samples})
         print_table(task, metrics)
     return metrics
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype {name!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
 
 
 def print_table(task: str, metrics: dict[str, Any]) -> None:

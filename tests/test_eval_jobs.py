@@ -1,0 +1,62 @@
+"""Job helpers for eval/DPO/chat: option validation, shipped presets, one-shot chat."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.chat import main as chat
+from jobs.dpo_job import dpo_settings
+from jobs.eval_job import eval_settings
+from tests.eval_dpo_tiny_llava import tiny_llava, write_images
+
+PRESETS = Path(__file__).resolve().parents[1] / "jobs" / "presets"
+
+
+def _preset(name):
+    return {k: v for k, v in yaml.safe_load((PRESETS / f"{name}.yaml").read_text()).items()}
+
+
+def test_hadpo_preset_is_the_published_recipe():
+    cfg, dpo = dpo_settings(_preset("hadpo-llava15-7b") | {"data_path": "pairs.json", "output_dir": "runs/x"})
+    assert dpo == {"beta": 0.1, "loss_type": "sigmoid"}
+    assert (cfg.lora_enable, cfg.lora_r, cfg.lora_alpha, cfg.mm_projector_lr) == (True, 128, 256, 0.0)
+    assert (cfg.learning_rate, cfg.warmup_steps, cfg.num_train_epochs, cfg.deepspeed) == (2e-6, 0, 1.0, "zero3")
+    assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * 8 == 128
+
+
+def test_tiny_dpo_preset_validates():
+    cfg, dpo = dpo_settings(_preset("dpo-tiny") | {"model_name_or_path": "m", "data_path": "p.json",
+                                                     "output_dir": "o"})
+    assert cfg.lora_enable and dpo["beta"] == 0.1
+
+
+def test_dpo_settings_errors_name_the_flag():
+    with pytest.raises(ValueError, match="--beta is required"):
+        dpo_settings({"model_name_or_path": "m"})
+    with pytest.raises(ValueError, match="--loss_type 'kto'"):
+        dpo_settings({"beta": 0.1, "loss_type": "kto"})
+    with pytest.raises(ValueError, match="unknown flag --lora_rank; did you mean --lora_r"):
+        dpo_settings({"beta": 0.1, "lora_rank": 8})
+
+
+def test_eval_settings_preset_and_errors(tmp_path):
+    model = tiny_llava(tmp_path / "model")
+    write_images(tmp_path / "images", 1)
+    (tmp_path / "pope").mkdir()
+    s = eval_settings(_preset("pope") | {"model_path": str(model), "data": str(tmp_path / "pope"),
+                                         "image_folder": str(tmp_path / "images")})
+    assert s["splits"] == ("random", "popular", "adversarial") and s["max_new_tokens"] == 128
+    with pytest.raises(ValueError, match="unknown flag --split; did you mean --splits"):
+        eval_settings({"split": "random"})
+    with pytest.raises(FileNotFoundError, match="not an HF-format model"):
+        eval_settings({"task": "pope", "model_path": str(tmp_path), "data": "x", "image_folder": "y"})
+
+
+def test_chat_one_shot_answers_from_a_run_folder(tmp_path, capsys):
+    tiny_llava(tmp_path / "run" / "final")
+    (image,) = write_images(tmp_path / "images", 1)
+    chat("is there a red circle ?", model=str(tmp_path / "run"), image=str(tmp_path / "images" / image),
+         max_new_tokens=3)
+    answer = capsys.readouterr().out.strip().splitlines()[-1]
+    assert len(answer.split()) == 3        # three greedy tokens of the word-level vocabulary
