@@ -20,7 +20,7 @@ from llava_core.eval.run import TASKS, evaluate
 from llava_core.inference import resolve_model_dir
 
 _OPTIONS = {n: p.default for n, p in inspect.signature(evaluate).parameters.items()
-            if n not in ("out_dir", "model", "processor")}
+            if n not in ("out_dir", "loaded")}
 
 
 def eval_settings(values: dict[str, Any]) -> dict[str, Any]:
@@ -30,18 +30,17 @@ def eval_settings(values: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError("; ".join(unknown_key_message(k, set(_OPTIONS)) for k in unknown))
     settings = {k: v for k, v in _OPTIONS.items() if v is not inspect.Parameter.empty} | values
-    for key in ("task", "model_path", "data", "image_folder"):
+    for key in ("task", "model", "data", "image_folder"):
         if not settings.get(key):
             raise ValueError(f"--{key} is required for an eval job")
     if settings["task"] not in TASKS:
         raise ValueError(f"--task {settings['task']!r}: use one of {', '.join(TASKS)}")
-    resolve_model_dir(settings["model_path"])
+    resolve_model_dir(settings["model"])
     for key in ("data", "image_folder"):
         if not Path(settings[key]).exists():
             raise FileNotFoundError(f"--{key} {settings[key]}: not found")
-    if isinstance(settings["splits"], str):
-        settings["splits"] = tuple(s for s in settings["splits"].split(",") if s)
-    settings["splits"] = tuple(settings["splits"])
+    if not isinstance(settings["split"], str):   # a YAML list or fire's tuple
+        settings["split"] = ",".join(settings["split"])
     return settings
 
 

@@ -44,13 +44,13 @@ def test_eval_settings_preset_and_errors(tmp_path):
     model = tiny_llava(tmp_path / "model")
     write_images(tmp_path / "images", 1)
     (tmp_path / "pope").mkdir()
-    s = eval_settings(_preset("pope") | {"model_path": str(model), "data": str(tmp_path / "pope"),
+    s = eval_settings(_preset("pope") | {"model": str(model), "data": str(tmp_path / "pope"),
                                          "image_folder": str(tmp_path / "images")})
-    assert s["splits"] == ("random", "popular", "adversarial") and s["max_new_tokens"] == 128
-    with pytest.raises(ValueError, match="unknown flag --split; did you mean --splits"):
-        eval_settings({"split": "random"})
+    assert s["split"] == "random,popular,adversarial" and s["max_new_tokens"] == 128
+    with pytest.raises(ValueError, match="unknown flag --splits; did you mean --split"):
+        eval_settings({"splits": "random"})
     with pytest.raises(FileNotFoundError, match="not an HF-format model"):
-        eval_settings({"task": "pope", "model_path": str(tmp_path), "data": "x", "image_folder": "y"})
+        eval_settings({"task": "pope", "model": str(tmp_path), "data": "x", "image_folder": "y"})
 
 
 def test_chat_one_shot_answers_from_a_run_folder(tmp_path, capsys):

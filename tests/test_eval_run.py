@@ -36,7 +36,7 @@ def task_files(tmp_path_factory):
 
 def _run_pope(root, model, out):
     return evaluate("pope", str(model), str(root / "pope"), str(root / "images"), str(out),
-                    splits=("random", "adversarial"), batch_size=3, max_new_tokens=4)
+                    split="random,adversarial", batch_size=3, max_new_tokens=4)
 
 
 def test_pope_writes_answers_and_metrics(task_files, tmp_path):

@@ -24,29 +24,33 @@ SHORT_ANSWER = "\nAnswer the question using a single word or phrase."   # LLaVA'
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLaVA's caption prompt
 
 
-def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: str,
-             splits: tuple[str, ...] = POPE_SPLITS, version: str = "v1",
+def evaluate(task: str, model: str, data: str, image_folder: str, out_dir: str,
+             split: str = ",".join(POPE_SPLITS), version: str = "v1",
              prompt_suffix: str | None = None, caption_prompt: str = CAPTION_PROMPT,
              batch_size: int = 8, max_new_tokens: int = 32, meteor: bool | None = None,
-             dtype: str = "auto", model=None, processor=None) -> dict[str, Any]:
-    """Evaluate ``model_path`` on ``task`` and return its metrics (on every rank).
+             dtype: str = "auto", loaded: tuple | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` (any folder :func:`llava_core.inference.load_model` takes) on ``task``
+    and return its metrics (on every rank).
 
-    ``data``: POPE: the folder of per-split question files (or one file); VQA: the questions with
+    ``data``: POPE: the folder of per-split question files (or one file), ``split`` the splits
+    to run, comma-separated; VQA: the questions with
     answers; caption: COCO captions JSON. ``version``: the prompt format the model was trained
     with (LLaVA names: v1, plain, chat_template...). ``prompt_suffix`` is appended to POPE/VQA
     questions (default: LLaVA's "Answer the question using a single word or phrase.").
     ``dtype``: auto = bfloat16 on a GPU (this rank's ``LOCAL_RANK``), float32 on CPU.
-    ``model``/``processor`` may be passed already loaded (then ``model_path`` only labels the output).
+    ``loaded``: an already loaded ``(model, processor)`` (then ``model`` only labels the output).
     """
     if task not in TASKS:
         raise ValueError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
     if version not in PROMPT_VERSIONS:
         raise ValueError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
     suffix = SHORT_ANSWER if prompt_suffix is None else prompt_suffix
-    if model is None:
-        model, processor = load_model(model_path, _dtype(dtype))
+    if loaded is None:
+        llava, processor = load_model(model, _dtype(dtype))
         if torch.cuda.is_available():
-            model = model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+            llava = llava.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    else:
+        llava, processor = loaded
     fmt = PROMPT_VERSIONS[version]
 
     if task == "pope":
@@ -54,7 +58,7 @@ def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: 
             stem = Path(data).stem
             files = {next((s for s in POPE_SPLITS if stem.endswith(s)), stem): Path(data)}
         else:
-            files = find_pope_files(data, splits)
+            files = find_pope_files(data, tuple(s.strip() for s in split.split(",") if s.strip()))
         items = [(split, q) for split, f in files.items() for q in read_pope_split(f, image_folder)]
         questions = [q.text + suffix for _, q in items]
         images = [q.image for _, q in items]
@@ -66,7 +70,7 @@ def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: 
         questions, images = [caption_prompt] * len(caps), [c.image for c in caps]
 
     prompts = [generation_prompt(q, fmt, processor.tokenizer, with_image=True) for q in questions]
-    answers = generate_answers(model, processor, prompts, images, batch_size, max_new_tokens)
+    answers = generate_answers(llava, processor, prompts, images, batch_size, max_new_tokens)
 
     if task == "pope":
         metrics = {split: pope_metrics([a for (s, _), a in zip(items, answers) if s == split],
@@ -86,7 +90,7 @@ def evaluate(task: str, model_path: str, data: str, image_folder: str, out_dir: 
 
     if rank_and_world()[0] == 0:
         atomic_write_json(Path(out_dir) / "eval" / f"{task}.json",
-                          {"task": task, "model": str(model_path), "data": str(data),
+                          {"task": task, "model": str(model), "data": str(data),
                            "metrics": metrics, "samples": samples})
         print_table(task, metrics)
     return metrics
