@@ -81,7 +81,8 @@ class LaunchSpec:
     slurm_setup: list[str] = field(default_factory=list)
     """Shell lines run in the sbatch script before the tasks start (``module load ...``)."""
     sbatch: dict = field(default_factory=dict)
-    """Any other sbatch option, ``{"mail-type": "END", "exclusive": true}``."""
+    """Any other sbatch option, ``{"mail-type": "END", "exclusive": true}``; ``signal`` (default
+    ``USR2@180``) sets how long before the time limit the job is told to checkpoint."""
     container_image: str | None = None
     """Pyxis/enroot image: every task runs in it (``srun --container-image``)."""
     container_mounts: list[str] = field(default_factory=list)
@@ -111,11 +112,14 @@ class LaunchSpec:
         if self.container_image and self.apptainer:
             raise ValueError("--container-image and --apptainer are exclusive: pick one container runtime")
         taken = {_sbatch_key(f.name) for f in dataclasses.fields(self)} | {
-            "ntasks-per-node", "job-name", "gpus-per-node", "nodes", "output", "error", "signal"}
-        for key in self.sbatch:
+            "ntasks-per-node", "job-name", "gpus-per-node", "nodes", "output", "error"}
+        for key, value in self.sbatch.items():
             if _sbatch_key(key) in taken:
                 raise ValueError(f"--sbatch: option {key!r} has its own flag or is set by the launcher; "
                                  f"use --{_flag(key.replace('-', '_'))} instead")
+            if _sbatch_key(key) == "signal" and not str(value).removeprefix("B:").startswith("USR2@"):
+                raise ValueError(f"--sbatch signal={value!r}: the stop signal must be USR2 "
+                                 "(NCCL uses USR1), e.g. USR2@300")
         for name in ("env", "sbatch"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"--{name} must be a mapping, got {getattr(self, name)!r}")

@@ -112,7 +112,8 @@ def _redirect_output(log: Path, rank: int) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     if restarted:
-        print(f"----- restart {restart_count()} -----", flush=True)
+        marker = f"restart {restart_count()}" if restart_count() else "submitted again"
+        print(f"----- {marker} -----", flush=True)
     job = os.environ.get("SLURM_JOB_ID") or f"local-{os.getppid()}"
     print(
         f"host={socket.gethostname()} rank={rank} world_size={os.environ['WORLD_SIZE']} "

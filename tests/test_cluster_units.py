@@ -127,3 +127,9 @@ def test_user_profile_directory(tmp_path, monkeypatch):
 def test_executor_registry():
     assert {"local", "slurm", "docker"} <= set(EXECUTORS)
     assert get_executor("local").name == "local" and get_executor("slurm").name == "slurm"
+
+
+def test_stop_signal_must_stay_usr2(tmp_path):
+    assert LaunchSpec(job_dir=tmp_path, name="x", sbatch={"signal": "USR2@600"}).sbatch["signal"] == "USR2@600"
+    with pytest.raises(ValueError, match="must be USR2"):
+        LaunchSpec(job_dir=tmp_path, name="x", sbatch={"signal": "USR1@90"})

@@ -76,3 +76,17 @@ def test_stop_signal_requeues_and_resumes(tmp_path):
     assert result["segments"][0] == 0 and 3 <= result["segments"][1] < 12
     assert job_state(handle.job_dir)["restarts"] == 1
     assert "----- restart 1 -----" in (handle.job_dir / "logs" / "rank1.log").read_text()
+
+
+def test_stop_without_requeues_left_fails_with_the_reason(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    handle = submit(CountSteps(ckpt, steps=40, step_s=0.3), _spec(tmp_path, "norequeue", max_requeues=0))
+    deadline = time.monotonic() + 60
+    while not (ckpt / "step.json").exists():
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.1)
+    for pid in job_state(handle.job_dir)["pids"]:
+        os.kill(pid, signal.SIGUSR2)
+    with pytest.raises(JobFailed, match=r"requeued 0 time\(s\) \(--max-requeues 0\): not requeued"):
+        handle.wait(timeout=60)
+    assert json.loads((ckpt / "step.json").read_text())["step"] < 40

@@ -93,3 +93,16 @@ def test_requeue_by_preemption_and_timeout_signal_resumes(slurm_cluster):
     assert job_state(handle.job_dir)["restarts"] == 2
     log = (handle.job_dir / "logs" / "rank1.log").read_text()
     assert "----- restart 1 -----" in log and "----- restart 2 -----" in log and "host=node2" in log
+
+
+def test_real_time_limit_requeues_and_finishes(slurm_cluster):
+    """A 1-minute limit with USR2 50 s before it: Slurm signals 10-40 s into each run (its limit
+    check runs every ~30 s), before the 40 s of work can finish, so the job must requeue."""
+    ckpt = slurm_cluster / "timelimit-ckpt"
+    spec = _spec(slurm_cluster, "timelimit", max_requeues=8, sbatch={"signal": "USR2@50"})
+    spec.time = "1"
+    handle = submit(CountSteps(ckpt, steps=80, step_s=0.5), spec)
+    result = handle.wait(timeout=600)
+    assert result["step"] == 80 and len(result["segments"]) >= 2
+    assert job_state(handle.job_dir)["restarts"] == len(result["segments"]) - 1
+    assert "stop requested, requeue 1/8" in (handle.job_dir / "logs" / "rank0.log").read_text()
