@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ def test_cancel(slurm_cluster):
     handle = submit(Sleep(600), _spec(slurm_cluster, "cancel"))
     log = handle.job_dir / "logs" / "rank1.log"
     _wait_for(lambda: log.exists() and "sleeping" in log.read_text(), "the job to start")
+    status = _cli("jobs.status", "cancel", "--runs", str(slurm_cluster)).stdout
+    assert "state      RUNNING" in status and "node1,node2" in status, status
+    assert re.search(r"time left  0:(09|10):\d\d", status), status
     out = _cli("jobs.cancel", "cancel", "--runs", str(slurm_cluster))
     assert out.returncode == 0 and "was RUNNING" in out.stdout, out
     _wait_for(lambda: job_state(handle.job_dir)["state"] == "CANCELLED", "CANCELLED", timeout=60)
