@@ -111,6 +111,9 @@ class LaunchSpec:
             time_minutes(self.time)
         if self.container_image and self.apptainer:
             raise ValueError("--container-image and --apptainer are exclusive: pick one container runtime")
+        for name in ("env", "sbatch"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"--{name} must be a mapping, got {getattr(self, name)!r}")
         taken = {_sbatch_key(f.name) for f in dataclasses.fields(self)} | {
             "ntasks-per-node", "job-name", "gpus-per-node", "nodes", "output", "error"}
         for key, value in self.sbatch.items():
@@ -120,9 +123,6 @@ class LaunchSpec:
             if _sbatch_key(key) == "signal" and not str(value).removeprefix("B:").startswith("USR2@"):
                 raise ValueError(f"--sbatch signal={value!r}: the stop signal must be USR2 "
                                  "(NCCL uses USR1), e.g. USR2@300")
-        for name in ("env", "sbatch"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"--{name} must be a mapping, got {getattr(self, name)!r}")
         for name in ("slurm_setup", "container_mounts"):
             value = getattr(self, name)
             if isinstance(value, str):
