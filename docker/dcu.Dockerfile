@@ -50,7 +50,6 @@ ARG BUILD_DATE=unknown
 ARG BASE_IMAGE
 LABEL org.opencontainers.image.title="llava-cluster (dcu)" \
       org.opencontainers.image.description="LLaVA training jobs: pinned torch/DeepSpeed/transformers stack" \
-      org.opencontainers.image.source="https://github.com/llava-cluster/llava-cluster" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.created="${BUILD_DATE}" \

@@ -10,6 +10,7 @@ if [ -f /opt/dtk/env.sh ]; then
   # DTK's env script reads unset variables.
   set +u; source /opt/dtk/env.sh; set -u
 fi
+echo "[entrypoint] host=$(hostname) uid=$(id -u): ${*:-demo}" >&2
 case "${1:-demo}" in
   python|python3|bash|sh) exec "$@" ;;
   stack) shift; exec python -m jobs.stack "$@" ;;
