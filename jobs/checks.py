@@ -1,0 +1,24 @@
+"""Checks made before anything is submitted."""
+from __future__ import annotations
+
+from llava_core.config import TrainConfig
+
+
+def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -> str:
+    """Global batch = per-device x accumulation x processes; an error saying what to change when it
+    differs from the recipe's ``expected`` (None or 0: no check)."""
+    per_step = cfg.per_device_train_batch_size * processes
+    actual = per_step * cfg.gradient_accumulation_steps
+    line = (f"global batch: {cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
+            f"accumulation x {processes} processes = {actual}")
+    if not expected or actual == expected:
+        return line + (f" (recipe: {expected})" if expected else "")
+    hints = []
+    if expected % per_step == 0:
+        hints.append(f"--gradient_accumulation_steps {expected // per_step}")
+    denom = cfg.gradient_accumulation_steps * processes
+    if expected % denom == 0:
+        hints.append(f"--per_device_train_batch_size {expected // denom}")
+    hint = " or ".join(hints) if hints else "a per-device batch and accumulation whose product with the process count is the recipe's"
+    raise ValueError(f"{line}, but the recipe's global batch is {expected}: set {hint} "
+                     f"(or --global_batch_size {actual} to train with a different global batch on purpose)")

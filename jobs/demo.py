@@ -1,0 +1,106 @@
+"""``python -m jobs.submit demo``: the whole pipeline on the embedded default, on this box.
+
+Generates the tiny LLaVA parts and the shapes data (once, under ``<runs>/assets``), then runs
+stage-1 pretraining, stage-2 finetuning and a POPE-style evaluation as three ordinary jobs
+(the local executor, the same code a Slurm node runs) and prints a results table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from llava_core.demo_assets import build_tiny_parts, generate_shapes
+from llava_core.io import atomic_write_json
+
+ASSET_VERSION = 1
+
+
+def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
+    """The tiny model parts and shapes data, generated on first use (kept for later runs)."""
+    root = Path(assets_dir).absolute()
+    marker = root / "ready.json"
+    if marker.is_file():
+        ready = json.loads(marker.read_text())
+        if ready.get("version") == ASSET_VERSION:
+            return ready["paths"]
+    t0 = time.time()
+    print(f"generating the tiny LLaVA parts and the shapes dataset in {root} ...", flush=True)
+    parts = build_tiny_parts(root / "tiny")
+    data = generate_shapes(root / "shapes")
+    paths = {k: str(v) for k, v in {**parts, **data, "pope": root / "shapes"}.items()}
+    atomic_write_json(marker, {"version": ASSET_VERSION, "paths": paths, "seconds": round(time.time() - t0, 1)})
+    return paths
+
+
+def tiny_asset_values(assets_dir: str | Path) -> dict[str, str]:
+    """Flags that point a job at the embedded default (what ``demo_assets: true`` fills in)."""
+    p = ensure_assets(assets_dir)
+    return {"model_name_or_path": p["llm"], "vision_tower": p["vision"], "data_path": p["finetune"],
+            "image_folder": p["image_folder"]}
+
+
+def _final_loss(job_dir: Path) -> float | None:
+    rows = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    return rows[-1]["loss"] if rows else None
+
+
+def run_demo(runs: str = "runs", executor: str = "local", **overrides: Any) -> dict[str, Any]:
+    """Pretrain, finetune and evaluate the tiny LLaVA; print and return the results.
+
+    ``overrides`` are flags for the finetune stage (e.g. ``--num_train_epochs 1``).
+    """
+    from jobs.submit import main as submit
+
+    t0 = time.time()
+    root = (Path(runs) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
+    assets = ensure_assets(Path(runs) / "assets")
+    t_assets = time.time() - t0
+    common = {"executor": executor, "image_folder": assets["image_folder"], "model_name_or_path": assets["llm"],
+              "vision_tower": assets["vision"]}
+    stages: dict[str, float] = {}
+
+    t = time.time()
+    submit("pretrain", preset="demo-pretrain", output_dir=str(root / "pretrain"), data_path=assets["pretrain"], **common)
+    stages["pretrain"] = time.time() - t
+    t = time.time()
+    submit("finetune", preset="demo-finetune", output_dir=str(root / "finetune"), data_path=assets["finetune"],
+           pretrain_mm_mlp_adapter=str(root / "pretrain" / "mm_projector.bin"), **common, **overrides)
+    stages["finetune"] = time.time() - t
+    t = time.time()
+    submit("eval", task="pope", model=str(root / "finetune" / "final"), data=assets["pope"], output_dir=str(root / "eval"),
+           image_folder=assets["image_folder"], split="random,popular,adversarial", version="v1", prompt_suffix="",
+           max_new_tokens=4, batch_size=32, executor=executor)
+    stages["eval"] = time.time() - t
+    pope = json.loads((root / "eval" / "eval" / "pope.json").read_text())["metrics"]
+
+    summary = {"job_dir": str(root), "seconds": {"assets": round(t_assets, 1), **{k: round(v, 1) for k, v in stages.items()},
+                                                 "total": round(time.time() - t0, 1)},
+               "final_loss": {"pretrain": _final_loss(root / "pretrain"), "finetune": _final_loss(root / "finetune")},
+               "pope": pope}
+    atomic_write_json(root / "summary.json", summary)
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The demo's results table."""
+    console = Console()
+    table = Table(title=f"llava-cluster demo: {summary['job_dir']}")
+    for col in ("stage", "seconds", "final loss"):
+        table.add_column(col)
+    for stage, seconds in summary["seconds"].items():
+        loss = summary["final_loss"].get(stage)
+        table.add_row(stage, f"{seconds:.1f}", f"{loss:.3f}" if loss is not None else "")
+    console.print(table)
+    pope = Table(title="POPE-style yes/no on held-out images (chance: 0.50)")
+    for col in ("split", "accuracy", "precision", "recall", "F1", "yes-ratio"):
+        pope.add_column(col)
+    for split, m in summary["pope"].items():
+        if isinstance(m, dict) and "accuracy" in m:
+            pope.add_row(split, *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")))
+    console.print(pope)

@@ -1,0 +1,122 @@
+"""Resolve a job's options: preset <- YAML file <- CLI flags, split into launch, job and model flags.
+
+Flag names are LLaVA's (``--lora_enable``, ``--per_device_train_batch_size``...), any
+``transformers.TrainingArguments`` field, the launcher's (``--nodes``, ``--gpus-per-node``...) and
+this module's job options. An unknown flag is an error naming the closest valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainingArguments
+
+from cluster.launch import launch_option_names
+from llava_core.config import TrainConfig, unknown_key_message
+
+PRESET_DIR = Path(__file__).with_name("presets")
+
+JOB_OPTIONS = {
+    "preset": "a shipped preset name (jobs/presets/NAME.yaml) or a YAML path",
+    "config": "a YAML file of flags, applied over the preset",
+    "name": "job name (default: the preset or the job kind)",
+    "dry_run": "print the resolved config and the checks, start nothing",
+    "global_batch_size": "the global batch the recipe expects (0: no check)",
+    "follow": "wait for the job and stream rank 0's log (default for the local executor)",
+    "runs": "folder that holds job directories (default: runs)",
+    "demo_assets": "generate the tiny model and shapes data and use them (the tiny preset sets it)",
+}
+
+# LLaVA / older-transformers spellings -> the names TrainConfig uses
+ALIASES = {
+    "eval_strategy": "evaluation_strategy",
+    "torch_dtype": "dtype",
+}
+
+
+def preset_names() -> list[str]:
+    """The shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping of flags; a clear error when it is not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} {path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path}: expected a mapping of flag: value")
+    return {normalise(k): v for k, v in data.items()}
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset by name (shipped) or by path."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if path.is_file():
+        return load_yaml(path, "--preset")
+    if Path(name).is_file():
+        return load_yaml(name, "--preset")
+    close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; shipped: {', '.join(preset_names())}"
+    raise ValueError(f"--preset {name!r}: no such preset{hint}")
+
+
+def normalise(key: str) -> str:
+    """``--gpus-per-node`` -> ``gpus_per_node``; LLaVA aliases to our names."""
+    key = key.lstrip("-").replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"training_args"}
+HF_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+@dataclasses.dataclass
+class Resolved:
+    """A job's options, split by who consumes them."""
+
+    job: dict[str, Any]
+    launch: dict[str, Any]
+    values: dict[str, Any]  # model/training (or eval) options
+    sources: list[str]
+
+
+def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra_names: set[str] = frozenset()) -> Resolved:
+    """Merge preset <- config file <- flags and split them; unknown names fail with suggestions.
+
+    ``extra_names`` are further option names the job kind accepts (e.g. DPO's ``beta``).
+    """
+    merged: dict[str, Any] = {}
+    sources = []
+    if preset:
+        merged.update(load_preset(preset))
+        sources.append(f"preset {preset}")
+    if config:
+        merged.update(load_yaml(config, "--config"))
+        sources.append(f"config {config}")
+    merged.update({normalise(k): v for k, v in flags.items()})
+    if flags:
+        sources.append("command line")
+    launch_names = set(launch_option_names()) - {"job_dir", "name"}
+    valid = set(JOB_OPTIONS) | launch_names | TRAIN_FIELDS | HF_FIELDS | set(extra_names)
+    unknown = [k for k in merged if k not in valid]
+    if unknown:
+        raise ValueError("\n".join(unknown_key_message(k, valid) for k in unknown))
+    job = {k: v for k, v in merged.items() if k in JOB_OPTIONS}
+    launch = {k: v for k, v in merged.items() if k in launch_names}
+    values = {k: v for k, v in merged.items() if k not in job and k not in launch}
+    return Resolved(job, launch, values, sources)
+
+
+def train_config(values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig for resolved values (TrainingArguments-only names go to ``training_args``)."""
+    ours = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
+    passthrough = {k: v for k, v in values.items() if k not in TRAIN_FIELDS}
+    return TrainConfig.from_dict({**ours, "training_args": {**values.get("training_args", {}), **passthrough}})

@@ -1,0 +1,222 @@
+"""The training configuration: one flat dataclass that speaks LLaVA's argument names.
+
+Field names are those of LLaVA's ``train.py`` (ModelArguments, DataArguments, TrainingArguments),
+so a user's ``scripts/v1_5/*.sh`` flags map one to one. Any other ``transformers.TrainingArguments``
+field goes into ``training_args`` unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+PROMPT_VERSIONS = {
+    "plain": "plain",
+    "v1": "vicuna_v1",
+    "vicuna_v1": "vicuna_v1",
+    "llava_v1": "vicuna_v1",
+    "chat_template": "chat_template",
+    "gemma": "chat_template",
+    "llama3": "chat_template",
+    "qwen": "chat_template",
+    "qwen_2": "chat_template",
+    "mistral": "chat_template",
+}
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+ASPECT_RATIOS = ("pad", "resize", "crop")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Defaults follow LLaVA-1.5."""
+
+    # --- model -------------------------------------------------------------------------------
+    model_name_or_path: str = ""
+    """Causal LLM (hub id or local path), or an HF-format LLaVA checkpoint to continue from."""
+    vision_tower: str | None = None
+    """CLIP/SigLIP-like vision model or full CLIP model (hub id or local path)."""
+    version: str = "v1"
+    """Prompt format: plain (stage 1), v1/vicuna_v1, or chat_template (the tokenizer's own)."""
+    mm_projector_type: str = "mlp2x_gelu"
+    """Projector between vision features and LLM embeddings: linear or mlp2x_gelu."""
+    mm_vision_select_layer: int = -2
+    """Which vision hidden layer feeds the projector (LLaVA-1.5: -2)."""
+    mm_vision_select_feature: str = "patch"
+    """patch: drop the CLS token (CLIP); cls_patch: keep it."""
+    pretrain_mm_mlp_adapter: str | None = None
+    """A LLaVA-original stage-1 ``mm_projector.bin`` to load into the projector."""
+    tune_mm_mlp_adapter: bool = False
+    """Stage 1: train the projector only."""
+    freeze_backbone: bool = False
+    """Keep the LLM frozen (LLaVA's flag)."""
+    freeze_mm_mlp_adapter: bool = False
+    """Keep the projector frozen."""
+    unfreeze_mm_vision_tower: bool = False
+    """Also train the vision tower (LLaVA-NeXT's flag)."""
+    mm_vision_tower_lr: float | None = None
+    """Learning rate of the vision tower when it is trained (default: learning_rate)."""
+    train_modules: list[str] | None = None
+    """Custom freeze plan: only parameters whose names match one of these regexes train (e.g. lm_head)."""
+    mm_use_im_start_end: bool = False
+    """LLaVA-1.5 uses False; transformers' LLaVA has no image start/end tokens."""
+    mm_use_im_patch_token: bool = False
+    """LLaVA-1.5 uses False; transformers' LLaVA has no patch token."""
+    mm_patch_merge_type: str = "flat"
+    """Only flat (LLaVA-1.5)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: sdpa, eager, or flash_attention_2 (if installed)."""
+    model_max_length: int = 2048
+    """Maximum tokens per sample after image-token expansion; longer samples are never truncated silently."""
+    cache_dir: str | None = None
+    """Hugging Face cache folder."""
+
+    # --- LoRA --------------------------------------------------------------------------------
+    lora_enable: bool = False
+    """Train LoRA adapters on the LLM's linear layers (never the vision tower)."""
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_bias: str = "none"
+    lora_weight_path: str = ""
+    mm_projector_lr: float | None = None
+    """Learning rate of the projector (LLaVA LoRA: 2e-5); default learning_rate."""
+    bits: int = 16
+    """16 only here; 4/8-bit QLoRA needs bitsandbytes on a GPU."""
+
+    # --- data --------------------------------------------------------------------------------
+    data_path: str = ""
+    """LLaVA JSON or JSONL file (or several, comma-separated)."""
+    image_folder: str = ""
+    """Folder that the records' ``image`` paths are relative to."""
+    image_aspect_ratio: str = "pad"
+    """pad (to a square with the processor's mean colour, as LLaVA), resize, or crop."""
+    lazy_preprocess: bool = True
+    """Accepted for LLaVA compatibility; data is always loaded lazily."""
+    is_multimodal: bool = True
+    group_by_modality_length: bool = False
+    """Batches of image samples and text-only samples, each grouped by length (LLaVA's sampler)."""
+    on_bad_sample: str = "fail"
+    """fail: stop before training with the full list of bad samples; skip: drop and count them."""
+    check_images: str = "open"
+    """How hard validation looks at images: exists, open (header), or verify (decode)."""
+
+    # --- training (the HF TrainingArguments users pass in LLaVA scripts) ----------------------
+    output_dir: str = ""
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    warmup_steps: int = 0
+    lr_scheduler_type: str = "cosine"
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    save_strategy: str = "steps"
+    save_steps: int = 50000
+    save_total_limit: int | None = 1
+    evaluation_strategy: str = "no"
+    bf16: bool = False
+    fp16: bool = False
+    tf32: bool | None = None
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+    report_to: str = "none"
+    run_name: str | None = None
+    deepspeed: str | dict | None = None
+    """ZeRO config: zero2, zero2_offload, zero3, zero3_offload, or a path / dict."""
+    seed: int = 42
+    optim: str = "adamw_torch"
+    remove_unused_columns: bool = False
+    training_args: dict[str, Any] = field(default_factory=dict)
+    """Any other transformers.TrainingArguments field, passed through unchanged."""
+
+    def __post_init__(self) -> None:
+        if self.version not in PROMPT_VERSIONS:
+            raise ValueError(f"--version {self.version!r}: use one of {sorted(PROMPT_VERSIONS)}")
+        if self.mm_projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"--mm_projector_type {self.mm_projector_type!r}: use one of {PROJECTOR_TYPES}")
+        if self.image_aspect_ratio not in ASPECT_RATIOS:
+            raise ValueError(f"--image_aspect_ratio {self.image_aspect_ratio!r}: use one of {ASPECT_RATIOS}")
+        if self.on_bad_sample not in ("fail", "skip"):
+            raise ValueError(f"--on_bad_sample {self.on_bad_sample!r}: use fail or skip")
+        if self.mm_use_im_start_end or self.mm_use_im_patch_token:
+            raise ValueError(
+                "--mm_use_im_start_end/--mm_use_im_patch_token True are not supported: transformers' "
+                "LlavaForConditionalGeneration has no image start/end/patch tokens (LLaVA-1.5 uses False)"
+            )
+        if self.mm_patch_merge_type != "flat":
+            raise ValueError("--mm_patch_merge_type: only 'flat' (LLaVA-1.5) is supported")
+        if self.bits != 16:
+            raise ValueError("--bits: only 16 is supported (4/8-bit QLoRA needs bitsandbytes on a GPU)")
+        if self.mm_vision_select_feature not in ("patch", "cls_patch"):
+            raise ValueError("--mm_vision_select_feature: use patch or cls_patch")
+
+    @property
+    def prompt_format(self) -> str:
+        """The normalised prompt format name."""
+        return PROMPT_VERSIONS[self.version]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML/JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, coercing strings/numbers to field types; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            raise ValueError("; ".join(unknown_key_message(k, names) for k in unknown))
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: coerce(v, hints[k], k) for k, v in values.items()})
+
+
+def unknown_key_message(key: str, valid: set[str] | list[str]) -> str:
+    """'unknown flag --x; did you mean --y, --z?'"""
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
+    return f"unknown flag --{key}{hint}"
+
+
+def coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a CLI/YAML value to the annotated type of field ``name``."""
+    if value is None or (name == "deepspeed" and isinstance(value, dict)):
+        return value
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or (args and origin is not list and origin is not dict):
+        hint = args[0] if len(args) == 1 else hint
+        origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                return [v for v in value.split(",") if v]
+            return list(value)
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value

@@ -1,0 +1,28 @@
+"""Export: merge a LoRA adapter (from any checkpoint) into a standalone HF-format LLaVA."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from llava_core.config import TrainConfig
+from llava_core.io import atomic_dir
+from llava_core.model import build_model
+
+
+def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -> Path:
+    """Rebuild the run's base model from ``cfg``, apply the adapter in ``adapter_dir``, merge, save.
+
+    ``adapter_dir`` is a run's ``adapter/`` or any ``checkpoint-N/`` of a LoRA run (both hold
+    ``adapter_config.json``; the trained projector travels in the adapter as a module to save).
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a LoRA run's checkpoint?)")
+    base_cfg = TrainConfig.from_dict({**cfg.to_dict(), "lora_enable": False})
+    base, processor = build_model(base_cfg)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(out_dir)

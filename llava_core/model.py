@@ -1,0 +1,200 @@
+"""Assemble and load transformers' LlavaForConditionalGeneration from any vision tower and LLM."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from llava_core.config import TrainConfig
+from llava_core.data import image_token_count
+
+log = logging.getLogger(__name__)
+IMAGE_TOKEN = "<image>"
+
+
+def is_llava_checkpoint(path: str, cache_dir: str | None = None) -> bool:
+    """True when ``path`` holds an HF-format LLaVA model (config model_type 'llava')."""
+    try:
+        return AutoConfig.from_pretrained(path, cache_dir=cache_dir).model_type == "llava"
+    except (OSError, ValueError):
+        return False
+
+
+def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """The model and processor a run starts from.
+
+    Either an existing HF-format LLaVA checkpoint (``model_name_or_path``), or a new LLaVA assembled
+    from ``vision_tower`` + the causal LLM ``model_name_or_path`` with a fresh projector, optionally
+    loaded from a LLaVA-original ``pretrain_mm_mlp_adapter`` file.
+    """
+    if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
+        model = LlavaForConditionalGeneration.from_pretrained(
+            cfg.model_name_or_path, dtype=dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
+        )
+        processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+    else:
+        if not cfg.vision_tower:
+            raise ValueError(
+                f"--model_name_or_path {cfg.model_name_or_path!r} is not a LLaVA checkpoint, so --vision_tower is required"
+            )
+        model, processor = assemble(cfg, dtype)
+    if cfg.pretrain_mm_mlp_adapter:
+        load_mm_projector(model, cfg.pretrain_mm_mlp_adapter)
+    return model, processor
+
+
+def _load_vision(path: str, cfg: TrainConfig, dtype: torch.dtype) -> torch.nn.Module:
+    vision_cfg = _vision_config(cfg)
+    full = AutoModel.from_pretrained(path, dtype=dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation)
+    model = getattr(full, "vision_model", None)
+    if model is not None and hasattr(full, "text_model"):
+        # a full CLIP/SigLIP checkpoint: keep the vision half, wrapped as its *VisionModel class
+        vision = AutoModel.from_config(vision_cfg, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        vision.vision_model.load_state_dict(model.state_dict())
+        return vision
+    return full
+
+
+def _vision_config(cfg: TrainConfig):
+    vcfg = AutoConfig.from_pretrained(cfg.vision_tower, cache_dir=cfg.cache_dir)
+    return getattr(vcfg, "vision_config", None) or vcfg
+
+
+def _select_strategy(vision_cfg, cfg: TrainConfig) -> tuple[str, bool]:
+    """(vision_feature_select_strategy, has a CLS token): CLIP drops its CLS for 'patch' features."""
+    has_cls = vision_cfg.model_type.startswith("clip")
+    return ("default" if has_cls and cfg.mm_vision_select_feature == "patch" else "full"), has_cls
+
+
+def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
+    """The processor a run uses and the image tokens per image, without loading any weights."""
+    if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
+        processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+        config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+        vision_cfg, strategy = config.vision_config, config.vision_feature_select_strategy
+    else:
+        if not cfg.vision_tower:
+            raise ValueError(
+                f"--model_name_or_path {cfg.model_name_or_path!r} is not a LLaVA checkpoint, so --vision_tower is required"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir, use_fast=True)
+        tokenizer.model_max_length = cfg.model_max_length
+        if IMAGE_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        vision_cfg = _vision_config(cfg)
+        strategy, has_cls = _select_strategy(vision_cfg, cfg)
+        processor = LlavaProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(cfg.vision_tower, cache_dir=cfg.cache_dir),
+            tokenizer=tokenizer,
+            patch_size=vision_cfg.patch_size,
+            vision_feature_select_strategy=strategy,
+            num_additional_image_tokens=1 if has_cls else 0,
+            image_token=IMAGE_TOKEN,
+            chat_template=getattr(tokenizer, "chat_template", None),
+        )
+    return processor, image_token_count(vision_cfg, strategy, processor.num_additional_image_tokens)
+
+
+def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A new LLaVA from a vision tower and a causal LLM, with the image token added to the tokenizer."""
+    processor, n_image_tokens = load_processor(cfg)
+    tokenizer = processor.tokenizer
+    vision = _load_vision(cfg.vision_tower, cfg, dtype)
+    llm = AutoModelForCausalLM.from_pretrained(
+        cfg.model_name_or_path, dtype=dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
+    )
+    vision_cfg = vision.config
+    strategy, _ = _select_strategy(vision_cfg, cfg)
+    config = LlavaConfig(
+        vision_config=vision_cfg.to_dict() | {"model_type": vision_cfg.model_type},
+        text_config=llm.config.to_dict() | {"model_type": llm.config.model_type},
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        projector_hidden_act="gelu" if cfg.mm_projector_type == "mlp2x_gelu" else "linear",
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=cfg.mm_vision_select_layer,
+        image_seq_length=n_image_tokens,
+        tie_word_embeddings=llm.config.tie_word_embeddings,
+    )
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = vision
+    model.model.language_model = llm.model
+    model.lm_head = llm.lm_head
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
+    if cfg.mm_projector_type == "linear":
+        init_linear_projector(model.model.multi_modal_projector)
+    model.config._attn_implementation = cfg.attn_implementation
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def init_linear_projector(projector: LlavaMultiModalProjector) -> None:
+    """Make linear_2 the identity so the two-layer projector with a linear activation is one linear map."""
+    with torch.no_grad():
+        projector.linear_2.weight.copy_(torch.eye(projector.linear_2.weight.shape[0], dtype=projector.linear_2.weight.dtype))
+        projector.linear_2.bias.zero_()
+
+
+_PROJECTOR_KEYS = {"0.weight": "linear_1.weight", "0.bias": "linear_1.bias", "2.weight": "linear_2.weight", "2.bias": "linear_2.bias"}
+
+
+def load_mm_projector(model: LlavaForConditionalGeneration, path: str) -> None:
+    """Load a LLaVA-original ``mm_projector.bin`` (stage-1 output) into the projector."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--pretrain_mm_mlp_adapter {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
+    projector = model.model.multi_modal_projector
+    if set(state) == {"weight", "bias"}:  # LLaVA 'linear'
+        mapped = {"linear_1.weight": state["weight"], "linear_1.bias": state["bias"]}
+        init_linear_projector(projector)
+    elif set(state) == set(_PROJECTOR_KEYS):
+        mapped = {_PROJECTOR_KEYS[k]: v for k, v in state.items()}
+    else:
+        raise ValueError(f"--pretrain_mm_mlp_adapter {path}: expected mm_projector.[0,2].weight/bias or mm_projector.weight/bias, found {sorted(state)}")
+    own = projector.state_dict()
+    for k, v in mapped.items():
+        if own[k].shape != v.shape:
+            raise ValueError(
+                f"--pretrain_mm_mlp_adapter {path}: {k} has shape {tuple(v.shape)} but this model's projector needs "
+                f"{tuple(own[k].shape)} (vision hidden {model.config.vision_config.hidden_size} -> LLM hidden "
+                f"{model.config.text_config.hidden_size}): was it trained for another vision tower or LLM?"
+            )
+    with torch.no_grad():
+        for k, v in mapped.items():
+            own[k].copy_(v.to(own[k].dtype))
+
+
+def projector_state_llava_format(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """The projector weights under LLaVA-original key names (what stage 1 writes as mm_projector.bin)."""
+    p = {k: v.detach().cpu().clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    if model.config.projector_hidden_act == "linear":
+        w = p["linear_2.weight"] @ p["linear_1.weight"]
+        b = p["linear_2.weight"] @ p["linear_1.bias"] + p["linear_2.bias"]
+        return {"model.mm_projector.weight": w, "model.mm_projector.bias": b}
+    inverse = {v: k for k, v in _PROJECTOR_KEYS.items()}
+    return {f"model.mm_projector.{inverse[k]}": v for k, v in p.items()}
+
+
+def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Load an HF-format LLaVA (e.g. a run's ``final/``) and its processor."""
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(path)
+    return model.eval(), processor

@@ -1,0 +1,380 @@
+"""Training: the HF Trainer (+ DeepSpeed) on a LLaVA model, with resume, stop-and-save, and outputs.
+
+Runs in a process whose distributed environment is already set (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT); a single process needs none of them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from llava_core.config import TrainConfig
+from llava_core.data import (
+    Collator,
+    Encoder,
+    ImageLoader,
+    LazySupervisedDataset,
+    ModalityLengthGroupedSampler,
+    ValidationReport,
+    load_records,
+    n_image_tokens,
+    validate,
+)
+from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
+from llava_core.io import append_jsonl, atomic_write_json, read_jsonl
+from llava_core.model import build_model, load_processor, projector_state_llava_format
+
+log = logging.getLogger(__name__)
+
+
+class DataValidationError(ValueError):
+    """Bad samples found before training, under ``on_bad_sample=fail``."""
+
+
+@dataclass
+class TrainResult:
+    """How a call to :func:`train` ended."""
+
+    status: str  # "completed" | "interrupted"
+    global_step: int
+    output_dir: str
+    final_dir: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def ensure_single_process_env() -> None:
+    """Give a lone process the variables torch.distributed/DeepSpeed read (a notebook, the demo)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` whose trainer_state.json (written last) exists."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def configure_reporting(cfg: TrainConfig) -> None:
+    """wandb goes offline without an API key or a reachable server (sync later with ``wandb sync``)."""
+    if "wandb" not in cfg.report_to or "WANDB_MODE" in os.environ:
+        return
+    reachable = False
+    if os.environ.get("WANDB_API_KEY"):
+        try:
+            socket.create_connection(("api.wandb.ai", 443), timeout=3).close()
+            reachable = True
+        except OSError:
+            pass
+    if not reachable:
+        os.environ["WANDB_MODE"] = "offline"
+        log.warning("wandb: no API key or no network, logging offline under %s/wandb (upload later: wandb sync)", cfg.output_dir)
+    os.environ.setdefault("WANDB_DIR", cfg.output_dir)
+
+
+def configure_tensorboard(cfg: TrainConfig) -> None:
+    """TensorBoard event files go to ``<output_dir>/tensorboard`` unless the user chose a folder."""
+    if "tensorboard" in cfg.report_to:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(cfg.output_dir) / "tensorboard"))
+
+
+class MetricsCallback(TrainerCallback):
+    """Rank 0 appends every log to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.t0 = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - self.t0, 3), **logs})
+
+
+class StopCallback(TrainerCallback):
+    """After each optimizer step, ask ``should_stop``; if any rank says yes, all save and stop."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+        self.stopped = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":
+                flag = flag.cuda()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class LlavaTrainer(Trainer):
+    """The HF Trainer with LLaVA's per-part learning rates and modality-grouped sampling."""
+
+    def __init__(self, *args, llava_cfg: TrainConfig, lengths: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.llava_cfg = llava_cfg
+        self.lengths = lengths
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.llava_cfg.group_by_modality_length:
+            return ModalityLengthGroupedSampler(self.lengths, self.args.train_batch_size,
+                                                self.args.world_size * self.args.gradient_accumulation_steps, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model or self.model
+        decay = set(self.get_decay_parameter_names(model))
+        cfg = self.llava_cfg
+        groups: dict[tuple, list] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr = None
+            if "multi_modal_projector" in name and cfg.mm_projector_lr is not None:
+                lr = cfg.mm_projector_lr
+            elif "vision_tower" in name and cfg.mm_vision_tower_lr is not None:
+                lr = cfg.mm_vision_tower_lr
+            groups.setdefault((lr, name in decay), []).append(p)
+        params = []
+        for (lr, wd), ps in groups.items():
+            g = {"params": ps, "weight_decay": self.args.weight_decay if wd else 0.0}
+            if lr is not None:
+                g["lr"] = lr
+            params.append(g)
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = cls(params, **kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if "pixel_values" in inputs or self.args.world_size == 1:
+            return out
+        # A batch without images on one rank must still run the vision tower and projector, or
+        # ZeRO-3's parameter gathers (and gradient reductions) on the ranks fall out of step.
+        llava = self.accelerator.unwrap_model(model)
+        llava = llava.get_base_model() if hasattr(llava, "get_base_model") else llava
+        v = llava.config.vision_config
+        dummy = torch.zeros(1, v.num_channels, v.image_size, v.image_size, device=inputs["input_ids"].device,
+                            dtype=next(llava.model.multi_modal_projector.parameters()).dtype)
+        feats = llava.model.get_image_features(pixel_values=dummy).pooler_output
+        zero = sum(f.sum() for f in feats) * 0.0
+        if return_outputs:
+            loss, outputs = out
+            return loss + zero, outputs
+        return out + zero
+
+
+def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArguments:
+    """TrainingArguments from the LLaVA-named config (any other field via ``training_args``)."""
+    kw: dict[str, Any] = dict(
+        output_dir=cfg.output_dir, num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        # transformers 5 folded warmup_ratio into warmup_steps (a float in [0, 1) is a ratio)
+        warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
+        lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        eval_strategy=cfg.evaluation_strategy, bf16=cfg.bf16, fp16=cfg.fp16,
+        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=cfg.dataloader_num_workers,
+        report_to=[r for r in cfg.report_to.split(",") if r and r != "none"] or "none", run_name=cfg.run_name,
+        deepspeed=cfg.deepspeed or None, seed=cfg.seed, optim=cfg.optim, remove_unused_columns=False,
+        save_only_model=False,
+    )
+    if cfg.tf32 is not None:
+        kw["tf32"] = cfg.tf32
+    if cfg.gradient_checkpointing:
+        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if cpu_shared_state:
+        kw["accelerator_config"] = {"use_configured_state": True}
+    kw.update(cfg.training_args)
+    return TrainingArguments(**kw)
+
+
+def validate_data(cfg: TrainConfig, processor=None, n_image_tokens: int | None = None) -> ValidationReport:
+    """Check every sample of ``cfg.data_path`` (loads the tokenizer and image processor, no weights)."""
+    if processor is None:
+        processor, n_image_tokens = load_processor(cfg)
+    records = load_records(cfg.data_path)
+    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens, cfg.model_max_length)
+    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
+    return validate(records, encoder, images, cfg.check_images)
+
+
+def prepare_data(cfg: TrainConfig, model_config, processor, report: ValidationReport | None = None) -> LazySupervisedDataset:
+    """Load, validate (unless a report is given) and wrap the data; apply the bad-sample policy."""
+    records = load_records(cfg.data_path)
+    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model_config, processor), cfg.model_max_length)
+    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
+    if report is None:
+        report = validate(records, encoder, images, cfg.check_images)
+    if report.problems:
+        if cfg.on_bad_sample == "fail":
+            raise DataValidationError(f"--data_path {cfg.data_path}: bad samples (pass --on_bad_sample skip to drop them)\n" + report.summary())
+        if is_main():
+            log.warning("skipping bad samples (--on_bad_sample skip):\n%s", report.summary())
+    if not report.good:
+        raise DataValidationError(f"--data_path {cfg.data_path}: no usable sample")
+    return LazySupervisedDataset(records, report, encoder, images)
+
+
+def _cpu_distributed_state(cfg: TrainConfig) -> bool:
+    """On a machine without GPU, create accelerate's shared state with gloo (see docs: CPU workaround)."""
+    if torch.cuda.is_available() or not (cfg.deepspeed or world_size() > 1):
+        return False
+    import accelerate
+
+    if cfg.deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    accelerate.PartialState(backend="gloo")
+    return True
+
+
+def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, report: ValidationReport | None = None) -> TrainResult:
+    """Train per ``cfg`` into ``cfg.output_dir``, resuming from its newest complete checkpoint.
+
+    ``should_stop`` is polled after every step (all ranks agree); on True a checkpoint is saved and
+    the result is ``interrupted``. On completion ``final/`` holds the HF-format model.
+    """
+    if not cfg.output_dir:
+        raise ValueError("--output_dir is required")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(cfg.deepspeed, str) and not Path(cfg.deepspeed).is_file():
+        raise FileNotFoundError(f"--deepspeed {cfg.deepspeed}: not a file (named configs are resolved by jobs/cluster)")
+    if cfg.deepspeed:
+        ensure_single_process_env()
+    configure_reporting(cfg)
+    configure_tensorboard(cfg)
+    cpu_state = _cpu_distributed_state(cfg)
+    args = training_arguments(cfg, cpu_state)
+
+    model, processor = build_model(cfg)
+    model.config.use_cache = False
+    model = apply_freeze_plan(model, cfg)
+    if cfg.gradient_checkpointing and cfg.lora_enable:
+        model.enable_input_require_grads()
+    if is_main():
+        print(format_report(parameter_report(model), plan_name(cfg)), flush=True)
+    dataset = prepare_data(cfg, (model.get_base_model() if hasattr(model, "get_base_model") else model).config, processor, report)
+
+    stop = StopCallback(should_stop) if should_stop else None
+    trainer = LlavaTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer.pad_token_id),
+        processing_class=processor.tokenizer, callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
+        llava_cfg=cfg, lengths=dataset.modality_lengths,
+    )
+    resume = last_complete_checkpoint(out)
+    if resume and is_main():
+        print(f"resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    step = trainer.state.global_step
+    if stop and stop.stopped:
+        return TrainResult("interrupted", step, str(out))
+
+    final = save_final(trainer, cfg, processor)
+    if is_main():
+        write_loss_plot(out / "metrics.jsonl", out / "loss.png")
+    return TrainResult("completed", step, str(out), str(final), dict(result.metrics))
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_final(trainer: Trainer, cfg: TrainConfig, processor) -> Path:
+    """Write ``final/`` (HF format) atomically; stage 1 also ``mm_projector.bin``; LoRA also ``adapter/``."""
+    out = Path(cfg.output_dir)
+    final = out / "final"
+    tmp = out / (".adapter.tmp" if cfg.lora_enable else ".final.tmp")
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    trainer.save_model(str(tmp))  # collective under ZeRO-3: gathers the full weights on rank 0
+    if is_main():
+        processor.save_pretrained(tmp)
+        if cfg.lora_enable:
+            from llava_core.export import merge_lora
+
+            adapter = out / "adapter"
+            shutil.rmtree(adapter, ignore_errors=True)
+            os.replace(tmp, adapter)
+            merge_lora(adapter, cfg, final)
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        if cfg.tune_mm_mlp_adapter:
+            from transformers import LlavaForConditionalGeneration
+
+            saved = LlavaForConditionalGeneration.from_pretrained(final)
+            state = projector_state_llava_format(saved)
+            torch.save(state, out / ".mm_projector.bin.tmp")
+            os.replace(out / ".mm_projector.bin.tmp", out / "mm_projector.bin")
+        atomic_write_json(out / "train_done.json", {"global_step": trainer.state.global_step, "final": str(final)})
+    _barrier()
+    return final
+
+
+def write_loss_plot(metrics: Path, png: Path) -> None:
+    """The training loss curve as a PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_jsonl(metrics) if "loss" in r]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(png.parent.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_name(".loss.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """The metrics a run logged."""
+    return read_jsonl(Path(output_dir) / "metrics.jsonl")
+
+
+__all__ = ["TrainConfig", "TrainResult", "train", "last_complete_checkpoint", "read_metrics", "DataValidationError"]
