@@ -51,7 +51,9 @@ def generate_batch(model, processor, prompts: Sequence[str], images: Sequence[st
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     pil = [Image.open(p).convert("RGB") for p in images if p is not None]
-    inputs = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True)
+    # the prompts are fully rendered (BOS included where the format has one), as in training
+    inputs = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True,
+                       add_special_tokens=False)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
