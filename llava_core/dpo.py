@@ -244,7 +244,7 @@ def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
                          data_collator=DPOCollator(processor.tokenizer.pad_token_id),
                          processing_class=processor.tokenizer,
                          callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
-                         llava_cfg=cfg, lengths=[1] * len(dataset), beta=beta, loss_type=loss_type)
+                         llava_cfg=cfg, lengths=dataset.modality_lengths, beta=beta, loss_type=loss_type)
     resume = last_complete_checkpoint(out)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop and stop.stopped:

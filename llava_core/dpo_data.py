@@ -141,8 +141,10 @@ class DPODataset(Dataset):
     def __init__(self, records: list[dict[str, Any]], encoder: Encoder, images: ImageLoader | None,
                  source: str = "dpo data"):
         self.records, self.encoder, self.images, self.source = records, encoder, images, source
-        for i in range(len(records)):
-            self._encode(i)
+        self.modality_lengths: list[int] = []
+        for i, rec in enumerate(records):
+            n = max(len(v) for k, v in self._encode(i).items() if k.endswith("input_ids"))
+            self.modality_lengths.append(n if "image" in rec else -n)   # LLaVA's sign convention
 
     def __len__(self) -> int:
         return len(self.records)

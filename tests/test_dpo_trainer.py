@@ -119,3 +119,14 @@ def test_training_logs_dpo_metrics_and_raises_margin(setup, loss_type):
     assert len(logs) == 6 and all(m in logs[0] for m in METRICS)
     assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at start
     assert logs[-1]["rewards/margins"] > 0 and logs[-1]["loss"] < logs[0]["loss"]
+
+
+def test_too_long_pair_stops_before_training_naming_the_record(setup, tmp_path):
+    root, path, dataset, collator = setup
+    rows = json.loads((root / "pairs.json").read_text())
+    rows[1]["rejected"] = " ".join(["yes"] * 300)
+    (tmp_path / "long.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"record 1 \(id='1'\): prompt \+ rejected answer is \d+ tokens"):
+        DPODataset(read_dpo_records(tmp_path / "long.json"), dataset.encoder, dataset.images,
+                   source=str(tmp_path / "long.json"))
+    assert dataset.modality_lengths[0] > 0      # image pairs count positive, as in LLaVA's sampler
