@@ -3,9 +3,10 @@
 ``submit`` pickles the rank task into ``JOB_DIR/local/task.pkl`` and starts a container (docker
 SDK) that runs the local supervisor there (``python -m cluster.local_executor supervise``): ranks,
 kill-on-bad-exit, requeue restarts and ``local/state.json`` behave as with ``--executor local``.
-The job directory is bind-mounted at the same path, so every path in the job stays valid;
-``spec.container_mounts`` adds data and model folders, and ``LLAVA_DOCKER_CACHE`` (default
-``~/.cache/llava-cluster``) is the container's ``/cache`` (HF hub cache, DeepSpeed's built ops).
+The job directory and the submitting working directory (where ``runs/`` and ``data/`` usually are)
+are bind-mounted at their own paths, and the container starts in the latter, so the job's paths
+stay valid; ``spec.container_mounts`` adds other data and model folders, and ``LLAVA_DOCKER_CACHE``
+(default ``~/.cache/llava-cluster``) is the container's ``/cache`` (HF hub cache, DeepSpeed ops).
 A detached follower (``python -m cluster.docker_executor follow JOB_DIR``) streams the container's
 output into ``logs/container.log``, records its exit in ``docker/exit.json`` and removes it.
 """
@@ -58,10 +59,11 @@ def _parse_mount(text: str) -> tuple[str, dict]:
     return src, {"bind": dst, "mode": parts[2] if len(parts) == 3 else "rw"}
 
 
-def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cache_dir: Path,
+def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cwd: Path, cache_dir: Path,
                       environ: dict[str, str], render_gid: str | None = None,
                       mkfd: bool = False) -> dict:
-    """The keyword arguments of ``docker.DockerClient.containers.run`` for ``spec``.
+    """The keyword arguments of ``docker.DockerClient.containers.run`` for ``spec`` submitted from
+    ``cwd`` by ``uid:gid``.
 
     ``render_gid``: the host's render group (ROCm/DCU); ``mkfd``: the host has ``/dev/mkfd``
     (newer DTK).
@@ -69,7 +71,7 @@ def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cache
     import docker.types
 
     job_dir = str(spec.job_dir)
-    volumes = {job_dir: {"bind": job_dir, "mode": "rw"},
+    volumes = {job_dir: {"bind": job_dir, "mode": "rw"}, str(cwd): {"bind": str(cwd), "mode": "rw"},
                str(cache_dir): {"bind": "/cache", "mode": "rw"}}
     for text in spec.container_mounts:
         src, bind = _parse_mount(text)
@@ -81,7 +83,7 @@ def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cache
         "name": "llava-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.job_dir.name),
         "detach": True,
         "user": f"{uid}:{gid}",
-        "working_dir": job_dir,
+        "working_dir": str(cwd),
         "environment": {"HOME": "/tmp", "PYTHONUNBUFFERED": "1",
                         **{k: environ[k] for k in PASS_ENV if k in environ}},
         "volumes": volumes,
@@ -130,7 +132,8 @@ class DockerExecutor:
         ctx = RankContext(job_dir=spec.job_dir, executor="docker", result_path=state_dir / "result.pkl",
                           platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues)
         atomic_write_bytes(state_dir / "task.pkl", cloudpickle.dumps(RankTask(ctx, fn)))
-        request = container_request(spec, platform, os.getuid(), os.getgid(), cache_dir, dict(os.environ),
+        request = container_request(spec, platform, os.getuid(), os.getgid(), Path.cwd(), cache_dir,
+                                    dict(os.environ),
                                     render_gid=_render_gid(), mkfd=Path("/dev/mkfd").exists())
         client = docker.from_env()
         try:

@@ -35,7 +35,7 @@ COPY pyproject.toml README.md /tmp/src/
 COPY llava_core /tmp/src/llava_core
 COPY cluster /tmp/src/cluster
 COPY jobs /tmp/src/jobs
-RUN pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
+RUN python -m pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
 COPY docker/entrypoint.sh /opt/llava/bin/
 
 ENV HF_HOME=/cache/huggingface TORCH_EXTENSIONS_DIR=/cache/torch_extensions \

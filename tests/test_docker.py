@@ -53,8 +53,8 @@ def test_image_runs_as_non_root_with_the_pinned_stack(profile: str, images: dict
                             docker_env).stdout)
     assert labels["io.llava-cluster.platform"] == profile
     assert labels["org.opencontainers.image.revision"] == "test"
-    uid = run(["docker", "run", "--rm", image, "bash", "-c", "id -u"], docker_env).stdout.splitlines()[-1]
-    assert uid == "1000"
+    out = run(["docker", "run", "--rm", image, "bash", "-c", "echo user=$(id -u)"], docker_env).stdout
+    assert "user=1000" in out.splitlines()
     out = run(["docker", "run", "--rm", "--network", "host", image, "stack", "--json"], docker_env).stdout
     stack = json.loads(out[out.index("{"):])
     assert stack["versions"]["torch"] == "2.13.0+cpu"
@@ -140,17 +140,20 @@ def test_compose_up_trains_the_demo(images: dict[str, float], docker_env: dict[s
         folder.mkdir()
         folder.chmod(0o777)  # the image's user (1000) writes here; the test runs as root
     env = dict(docker_env, LLAVA_RUNS=str(runs), LLAVA_DATA=str(data))
+    compose = ["docker", "compose", "-p", "llava-ci", *CI_COMPOSE]
     start = time.monotonic()
-    proc = run(["docker", "compose", "-p", "llava-ci", *CI_COMPOSE, "up", "--no-build",
-                "--exit-code-from", "train"], env, timeout=1200, check=False)
-    print(f"compose up demo: {time.monotonic() - start:.0f} s")
+    try:
+        proc = run([*compose, "up", "--no-build", "--exit-code-from", "train"], env, timeout=1500, check=False)
+    finally:
+        print(f"compose up demo: {time.monotonic() - start:.0f} s")
+        run([*compose, "down"], env, check=False)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    job_dirs = [p for p in runs.iterdir() if p.is_dir()]
-    assert len(job_dirs) == 1, f"expected one job directory in {runs}: {job_dirs}"
-    metrics = [json.loads(line) for line in (job_dirs[0] / "metrics.jsonl").read_text().splitlines()]
-    assert metrics and any("loss" in m for m in metrics)
+    demos = sorted(runs.glob("demo-*/summary.json"))
+    assert len(demos) == 1, f"expected one demo in {runs}: {list(runs.iterdir())}"
+    finetune = demos[0].parent / "finetune"
+    metrics = [json.loads(line) for line in (finetune / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics)
     from transformers import LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(job_dirs[0] / "final")
+    model = LlavaForConditionalGeneration.from_pretrained(finetune / "final")
     assert model.config.model_type == "llava"
-    run(["docker", "compose", "-p", "llava-ci", *CI_COMPOSE, "down"], env)

@@ -20,7 +20,8 @@ GOLDEN = Path(__file__).parent / "docker" / "golden"
 def _request(platform: str, **spec_fields: object) -> dict:
     spec = LaunchSpec(job_dir=Path("/runs/demo-20261123-101500"), name="demo", executor="docker",
                       gpus_per_node=4, **spec_fields)
-    return container_request(spec, platform, uid=1001, gid=1002, cache_dir=Path("/home/u/.cache/llava"),
+    return container_request(spec, platform, uid=1001, gid=1002, cwd=Path("/home/u/work"),
+                             cache_dir=Path("/home/u/.cache/llava"),
                              environ={"WANDB_API_KEY": "k", "PATH": "/usr/bin", "HF_TOKEN": "t"},
                              render_gid="109", mkfd=platform == "dcu")
 

@@ -12,6 +12,9 @@
 set -euo pipefail
 lock="$1"
 wheels=/tmp/wheels
+# Some vendor images have only `python3`; the entrypoint and the launcher run `python`.
+command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
+pip() { python -m pip "$@"; }
 
 if [ -n "${TORCH_SPEC:-}" ]; then
   pip install --find-links "$wheels" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
@@ -36,7 +39,8 @@ case "${DS_BUILD_OPS:-auto}" in
 esac
 
 # Build tools first: sdists in the lock (deepspeed) build against the installed torch.
-grep -E '^(setuptools|wheel)==' "$lock" | xargs pip install -c /tmp/keep-torch.txt
+mapfile -t build_tools < <(grep -E '^(setuptools|wheel)==' "$lock")
+pip install -c /tmp/keep-torch.txt "${build_tools[@]}"
 if [ -n "${DEEPSPEED_SPEC:-}" ]; then
   pip install --no-build-isolation -c /tmp/keep-torch.txt "$DEEPSPEED_SPEC"
 fi
