@@ -1,0 +1,158 @@
+"""Predicted peak GPU memory per rank for a LLaVA training job.
+
+`estimate_peak_memory(job)` adds up, in bytes:
+- model states: parameters, gradients and Adam states of trainable and frozen parts, by precision
+  path (`autocast`: fp32 trainable weights + the bf16 copies autocast keeps; `deepspeed_bf16`: bf16
+  weights and gradients, fp32 master and Adam in the ZeRO optimizer), sharded by ZeRO stage over the
+  world size, or on the CPU with optimizer offload;
+- activations saved for backward per token per decoder layer (the `*_BYTES` constants), or only
+  the layer input for checkpointed layers plus one layer rebuilt during backward;
+- the LM head: logits and their fp32 copy, for the positions that get logits;
+- a fixed allowance for workspaces (cuBLAS, attention, allocator slack).
+
+The constants were set from the formulas in `docs/performance.md` and checked against the measured
+peaks of the benchmark (`bench/throughput.py`); `docs/performance.md` holds that comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+# Bytes saved for backward per token by one Llama decoder layer, per unit of hidden size: two
+# RMSNorms (fp32 input + bf16 normalised + bf16 linear input each), q, attention output and its
+# o_proj copy in bf16 = 2*(4+2+2) + 3*2 = 22 with a bf16 residual stream. With autocast over
+# fp32 weights the residual stream and norm outputs are fp32: 2*(4+4+2) + 3*2 = 26.
+HIDDEN_BYTES_BF16 = 22
+HIDDEN_BYTES_FP32_RESIDUAL = 26
+INTERMEDIATE_BYTES = 8  # gate, up, silu(gate), product: four bf16 tensors
+KV_BYTES = 4  # k and v in bf16
+# LoRA keeps, per adapted linear, its dropout output (bf16) and mask (1 byte): six of hidden size
+# (q, k, v, o, gate, up) and one of intermediate size (down): 6*3 = 18 and 3.
+LORA_HIDDEN_BYTES = 18
+LORA_INTERMEDIATE_BYTES = 3
+# A compiled layer (inductor recomputes norms and the SiLU product in backward) keeps only the
+# residual inputs, the normalised linear inputs, q and the attention output (12 bf16 / 16 with an
+# fp32 residual) and gate/up (4); measured on an H100, docs/performance.md.
+HIDDEN_BYTES_COMPILED_BF16 = 12
+HIDDEN_BYTES_COMPILED_FP32_RESIDUAL = 16
+INTERMEDIATE_BYTES_COMPILED = 4
+WORKSPACE = 1.5 * GIB
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """What decides the memory of one training rank.
+
+    Attributes:
+        vision_params: vision tower parameters (always frozen).
+        projector_params: projector parameters.
+        llm_params: LLM parameters including embeddings and LM head.
+        hidden, intermediate, layers, kv_dim, vocab: LLM shapes (kv_dim = kv heads x head dim).
+        train: "projector" (stage 1), "full" (stage 2) or "lora".
+        lora_params: adapter parameters when train is "lora".
+        precision: "autocast" (fp32 trainable weights, bf16 autocast) or "deepspeed_bf16".
+        zero_stage: 0 (no DeepSpeed), 1, 2 or 3.
+        offload_optimizer: fp32 master weights and Adam states on the CPU (ZeRO-Offload).
+        world_size: data-parallel ranks.
+        tokens: tokens in one micro batch as computed (padded or packed).
+        logit_tokens: positions that get logits (all tokens, or only label positions when packed).
+        checkpointed_layers: decoder layers under gradient checkpointing.
+        compiled: decoder layers run through torch.compile (saves fewer activations).
+        images: images in one micro batch.
+    """
+
+    vision_params: int
+    projector_params: int
+    llm_params: int
+    hidden: int
+    intermediate: int
+    layers: int
+    kv_dim: int
+    vocab: int
+    train: str
+    tokens: int
+    logit_tokens: int
+    images: int = 0
+    lora_params: int = 0
+    precision: str = "autocast"
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    world_size: int = 1
+    checkpointed_layers: int = 0
+    compiled: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak per rank, in GiB, with its parts."""
+
+    total_gib: float
+    parts_gib: dict[str, float] = field(default_factory=dict)
+
+
+def _trainable_and_frozen(job: JobShape) -> tuple[int, int]:
+    if job.train == "projector":
+        return job.projector_params, job.vision_params + job.llm_params
+    if job.train == "lora":
+        return job.projector_params + job.lora_params, job.vision_params + job.llm_params
+    if job.train == "full":
+        return job.projector_params + job.llm_params, job.vision_params
+    raise ValueError(f"train must be projector, full or lora, not {job.train!r}")
+
+
+def _model_states(job: JobShape) -> dict[str, float]:
+    trainable, frozen = _trainable_and_frozen(job)
+    shard = job.world_size if job.zero_stage >= 1 else 1
+    if job.precision == "autocast":
+        # fp32 weights + grads; autocast keeps one bf16 copy of each trainable weight during a step.
+        weights = 4 * trainable + 2 * trainable + 2 * frozen
+        grads = 4 * trainable
+        optimizer = 0 if job.offload_optimizer else 8 * trainable / shard
+    elif job.precision == "deepspeed_bf16":
+        param_shard = job.world_size if job.zero_stage >= 3 else 1
+        weights = (2 * trainable + 2 * frozen) / param_shard
+        grads = 2 * trainable / (job.world_size if job.zero_stage >= 2 else 1)
+        optimizer = 0 if job.offload_optimizer else 12 * trainable / shard  # fp32 master + Adam m, v
+    else:
+        raise ValueError(f"precision must be autocast or deepspeed_bf16, not {job.precision!r}")
+    return {"weights": weights, "gradients": grads, "optimizer": optimizer}
+
+
+def _activations(job: JobShape) -> float:
+    fp32_residual = job.precision == "autocast" and job.train == "full"
+    if job.compiled:
+        hidden_bytes = HIDDEN_BYTES_COMPILED_FP32_RESIDUAL if fp32_residual else HIDDEN_BYTES_COMPILED_BF16
+        intermediate_bytes = INTERMEDIATE_BYTES_COMPILED
+    else:
+        hidden_bytes = HIDDEN_BYTES_FP32_RESIDUAL if fp32_residual else HIDDEN_BYTES_BF16
+        intermediate_bytes = INTERMEDIATE_BYTES
+    if job.train == "lora":
+        hidden_bytes += LORA_HIDDEN_BYTES
+        intermediate_bytes += LORA_INTERMEDIATE_BYTES
+    per_token_layer = hidden_bytes * job.hidden + intermediate_bytes * job.intermediate + KV_BYTES * job.kv_dim
+    plain_layers = job.layers - job.checkpointed_layers
+    residual_bytes = 4 if fp32_residual else 2
+    saved = job.tokens * (plain_layers * per_token_layer + job.checkpointed_layers * residual_bytes * job.hidden)
+    rebuilt = job.tokens * per_token_layer if job.checkpointed_layers else 0
+    vision = job.images * 577 * 1024 * 2 * 26  # all hidden states of a CLIP-L forward, bf16
+    return saved + rebuilt + vision
+
+
+def estimate_peak_memory(job: JobShape) -> MemoryEstimate:
+    """Predicted peak GPU memory of one rank for `job` (see the module docstring)."""
+    parts = _model_states(job)
+    parts["activations"] = _activations(job)
+    parts["logits"] = job.logit_tokens * job.vocab * (2 + 4)  # bf16 logits and their fp32 copy
+    parts["workspace"] = WORKSPACE
+    total = sum(parts.values())
+    return MemoryEstimate(total / GIB, {name: value / GIB for name, value in parts.items()})
+
+
+def checkpointed_layers_needed(job: JobShape, budget_gib: float) -> int | None:
+    """Fewest decoder layers to checkpoint so that `job` fits `budget_gib`; None if even all do not."""
+    for count in range(job.layers + 1):
+        trial = JobShape(**{**job.__dict__, "checkpointed_layers": count})
+        if estimate_peak_memory(trial).total_gib <= budget_gib:
+            return count
+    return None

@@ -1,0 +1,199 @@
+"""Padding-free packing of variable-length LLaVA samples.
+
+A batch of samples becomes one row: the token sequences are concatenated, position ids restart at
+0 for every sample, and the attention is restricted to each sample by cumulative sequence lengths
+(`cu_seq_lens_*`, the flash-attention varlen convention that transformers forwards to the attention
+function). No token attends across a sample boundary and no padding is computed.
+
+Three pieces, used together:
+
+- `PackingCollator` turns per-sample dicts (`input_ids`, `labels`, optional `pixel_values` of one
+  image (C, H, W) or several (N, C, H, W)) into a packed batch. The first label of every sample is masked, so no sample is trained to predict the
+  start of the next one.
+- `register_varlen_attention()` registers the attention implementation `VARLEN_ATTENTION`
+  ("llava_varlen"): PyTorch's flash varlen kernel on CUDA, a per-sample SDPA loop elsewhere.
+  transformers builds no mask for it (packed batches need none).
+- `packed_causal_lm_loss` is the Trainer `compute_loss_func` for packed batches: the collator asks
+  the model for logits only at positions whose next token is a label (`logits_to_keep`), so the
+  LM head and the cross-entropy skip image, prompt and system tokens.
+
+The loss equals the padded batch's loss on the same samples (sum over label tokens divided by their
+count), which the CPU smoke test checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+VARLEN_ATTENTION = "llava_varlen"
+
+
+class PackingCollator:
+    """Collate LLaVA samples into one padding-free packed row.
+
+    Args:
+        pad_token_id: token used for the optional tail segment that rounds the row length up.
+        pad_to_multiple_of: round the packed length up to a multiple of this (fewer distinct shapes
+            for torch.compile); the tail is its own segment with ignored labels.
+        max_segment_length: upper bound passed as `max_length_q/k` (a constant avoids recompiles
+            of compiled layers); raised automatically when a sample is longer.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 64, max_segment_length: int = 2048) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_segment_length = max_segment_length
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        ids, labels, positions, lengths, images = [], [], [], [], []
+        for sample in samples:
+            sample_ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
+            sample_labels = torch.as_tensor(sample["labels"], dtype=torch.long).clone()
+            sample_labels[0] = IGNORE_INDEX
+            ids.append(sample_ids)
+            labels.append(sample_labels)
+            positions.append(torch.arange(len(sample_ids), dtype=torch.long))
+            lengths.append(len(sample_ids))
+            if sample.get("pixel_values") is not None:
+                pixels = torch.as_tensor(sample["pixel_values"])
+                images.append(pixels[None] if pixels.dim() == 3 else pixels)
+        total = sum(lengths)
+        tail = -total % self.pad_to_multiple_of
+        if tail:
+            ids.append(torch.full((tail,), self.pad_token_id, dtype=torch.long))
+            labels.append(torch.full((tail,), IGNORE_INDEX, dtype=torch.long))
+            positions.append(torch.arange(tail, dtype=torch.long))
+            lengths.append(tail)
+        input_ids = torch.cat(ids)[None]
+        label_row = torch.cat(labels)[None]
+        cu_seq_lens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu_seq_lens[1:] = torch.cumsum(torch.tensor(lengths), 0)
+        max_length = max(self.max_segment_length, max(lengths))
+        keep = torch.zeros_like(label_row, dtype=torch.bool)
+        keep[:, :-1] = label_row[:, 1:] != IGNORE_INDEX
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "labels": label_row,
+            "position_ids": torch.cat(positions)[None],
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max_length,
+            "max_length_k": max_length,
+            "logits_to_keep": keep,
+        }
+        if images:
+            batch["pixel_values"] = torch.cat(images)
+        return batch
+
+
+def packed_causal_lm_loss(
+    outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Cross-entropy over the kept logits of a packed batch (Trainer `compute_loss_func`).
+
+    `outputs.logits` holds one row per position whose next token is a label, in order, as
+    `PackingCollator`'s `logits_to_keep` asked for; the targets are those next tokens.
+    """
+    shifted = labels[:, 1:]
+    targets = shifted[shifted != IGNORE_INDEX].to(outputs.logits.device)
+    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    denominator = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    if torch.is_tensor(denominator):
+        denominator = denominator.to(loss.device)
+    return loss / denominator
+
+
+def _resolve_varlen_kernel() -> tuple[Any, dict[str, Any], bool]:
+    """PyTorch's flash varlen attention and how this torch version spells causal and GQA
+    (2.10: `is_causal`; 2.11: `window_size=(-1, 0)`; 2.12+: also `enable_gqa`)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    return varlen_attn, causal, "enable_gqa" in params
+
+
+_VARLEN_KERNEL: tuple[Any, dict[str, Any], bool] | None = None  # resolved once, outside compiled code
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each packed segment; query/key/value are (1, heads, tokens, dim).
+
+    Without `cu_seq_lens_q` (an unpacked single sequence) it is plain causal attention; a padded
+    batch of several rows is refused, since this implementation builds no padding mask.
+    """
+    if dropout:
+        raise ValueError("llava_varlen attention does not implement attention dropout")
+    batch, q_heads, tokens, _ = query.shape
+    if cu_seq_lens_q is None:
+        if batch != 1 or attention_mask is not None:
+            raise ValueError("llava_varlen attention needs packed batches (PackingCollator); use sdpa for padded ones")
+        cu_seq_lens_q = torch.tensor([0, tokens], dtype=torch.int32, device=query.device)
+        cu_seq_lens_k, max_length_q, max_length_k = cu_seq_lens_q, tokens, tokens
+    # Under autocast over fp32 weights RoPE promotes q and k to fp32; the flash kernel needs 16 bits.
+    compute = value.dtype if value.dtype in (torch.float16, torch.bfloat16) or not query.is_cuda else torch.bfloat16
+    q, k, v = (t.transpose(1, 2).squeeze(0).to(compute) for t in (query, key, value))  # (tokens, heads, dim)
+    if q.is_cuda:
+        kernel, causal, native_gqa = _VARLEN_KERNEL or _resolve_varlen_kernel()
+        extra = dict(causal)
+        if k.shape[1] != q_heads:
+            if native_gqa:
+                extra["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(q_heads // k.shape[1], dim=1)
+                v = v.repeat_interleave(q_heads // v.shape[1], dim=1)
+        cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
+        out = kernel(
+            q, k, v, cu_seq_lens_q.to(q.device), cu_k.to(q.device), max_length_q, max_length_k or max_length_q,
+            scale=scaling, **extra,
+        )
+    else:
+        out = _segment_sdpa(q, k, v, cu_seq_lens_q.tolist(), scaling)
+    return out[None].to(value.dtype), None
+
+
+def _segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scaling: float | None):
+    """Reference path (no CUDA): causal SDPA per segment."""
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        seg = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
+        o = F.scaled_dot_product_attention(*seg, is_causal=True, scale=scaling, enable_gqa=seg[0].shape[1] != seg[1].shape[1])
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs)
+
+
+def register_varlen_attention() -> str:
+    """Register `VARLEN_ATTENTION` with transformers (idempotent) and return its name."""
+    from transformers import AttentionInterface
+
+    global _VARLEN_KERNEL
+    _VARLEN_KERNEL = _resolve_varlen_kernel()
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+    return VARLEN_ATTENTION
+
+
+def use_varlen_attention(model: torch.nn.Module) -> None:
+    """Switch the language model of a Llava model to packed varlen attention (vision keeps its own)."""
+    register_varlen_attention()
+    text_config = model.config.get_text_config()
+    text_config._attn_implementation = VARLEN_ATTENTION

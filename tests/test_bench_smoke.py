@@ -1,0 +1,63 @@
+"""CPU smoke test of the throughput benchmark and the packed path it measures (tiny model)."""
+
+import json
+import math
+
+import torch
+
+from bench.data import SyntheticLlavaDataset, padded_collate
+from bench.models import SPECS, build_llava
+from bench.throughput import COLUMNS, main
+from llava_core.memory import JobShape, checkpointed_layers_needed, estimate_peak_memory
+from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
+
+
+def test_smoke_runs_both_modes_and_prints_the_table(tmp_path, capsys):
+    main(["--smoke", "--stages", "stage2", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["mfu_formula"].startswith("F = 2*N_vision*577*images")
+    results = summary["results"]
+    assert [r["mode"] for r in results] == ["reference", "ours"]
+    for r in results:
+        assert set(COLUMNS) <= set(r)
+        assert r["losses"] and all(math.isfinite(x) for x in r["losses"])
+        assert r["tokens_s"] > 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| model"))
+    assert header.split(" | ")[1:4] == ["stage", "mode", "batch"] and "speedup" in header
+
+
+def test_packed_batch_gives_the_padded_loss_and_gradients():
+    spec = SPECS["tiny"]
+    dataset = SyntheticLlavaDataset(spec, "stage2", 6, seed=11, max_length=512)
+    samples = [dataset[i] for i in range(6)]
+    assert sum("pixel_values" not in s for s in samples) == 1  # a text-only sample between image ones
+    model = build_llava(spec, "cpu", torch.float32, seed=1)
+
+    padded = model(**padded_collate(samples))
+    padded.loss.backward()
+    padded_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+
+    use_varlen_attention(model)
+    batch = PackingCollator(pad_token_id=0, pad_to_multiple_of=64)(samples)
+    assert batch["input_ids"].shape[1] % 64 == 0
+    assert (batch["position_ids"][0, batch["cu_seq_lens_q"][:-1].long()] == 0).all()
+    labels = batch.pop("labels")
+    packed_loss = packed_causal_lm_loss(model(**batch), labels)
+    packed_loss.backward()
+    packed_grads = [p.grad for p in model.parameters() if p.grad is not None]
+
+    torch.testing.assert_close(packed_loss, padded.loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(packed_grads, padded_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_memory_estimate_checkpoints_only_what_the_budget_needs():
+    job = JobShape(vision_params=303_000_000, projector_params=21_000_000, llm_params=6_740_000_000, hidden=4096,
+                   intermediate=11008, layers=32, kv_dim=4096, vocab=32064, train="lora", tokens=16_000,
+                   logit_tokens=6_000, images=16, lora_params=320_000_000, compiled=True)
+    layers = checkpointed_layers_needed(job, budget_gib=67)
+    assert 0 < layers < 32
+    fits = JobShape(**{**job.__dict__, "checkpointed_layers": layers})
+    assert estimate_peak_memory(fits).total_gib <= 67 < estimate_peak_memory(
+        JobShape(**{**job.__dict__, "checkpointed_layers": layers - 1})).total_gib
