@@ -11,6 +11,7 @@ submit from the repository root (or install the package; in a container the imag
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -112,6 +113,15 @@ def _seconds(text: str) -> int | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def cluster_has_accelerators(partition: str | None) -> bool:
+    """False when no node of ``partition`` (default: all) declares a generic resource (GPU, DCU...)."""
+    cmd = ["sinfo", "-h", "-o", "%G", *(["-p", partition] if partition else [])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"--executor slurm: `{' '.join(cmd)}` failed: {out.stderr.strip()}")
+    return any(line.strip() not in ("", "(null)") for line in out.stdout.splitlines())
+
+
 class SlurmExecutor:
     """Slurm through submitit (the job directory must be on a filesystem all nodes share)."""
 
@@ -122,6 +132,9 @@ class SlurmExecutor:
 
         if shutil.which("sbatch") is None:
             raise RuntimeError("--executor slurm: sbatch is not on PATH (not a Slurm login node?)")
+        if spec.platform is None and spec.gres is None and not cluster_has_accelerators(spec.partition):
+            # a CPU-only cluster: asking for --gpus-per-node would make sbatch refuse the job
+            spec = dataclasses.replace(spec, platform="cpu")
         folder = spec.job_dir / "submitit"
         folder.mkdir(parents=True, exist_ok=True)
         result_path = folder / "result.pkl"

@@ -24,7 +24,7 @@ def _one_thread(monkeypatch):
 
 def _spec(base, name, **kw):
     return LaunchSpec(job_dir=base / name, name=name, executor="slurm", nodes=2, gpus_per_node=1,
-                      platform="cpu", time="00:10:00", **kw)
+                      time="00:10:00", **kw)
 
 
 def _cli(*args):
@@ -45,7 +45,8 @@ def test_all_reduce_across_two_nodes(slurm_cluster):
     headers = [(handle.job_dir / "logs" / f"rank{r}.log").read_text().splitlines()[0] for r in range(2)]
     assert "host=node1 rank=0 world_size=2" in headers[0]
     assert "host=node2 rank=1 world_size=2" in headers[1]
-    assert "--kill-on-bad-exit=1" in (handle.job_dir / "sbatch.sh").read_text()
+    script = (handle.job_dir / "sbatch.sh").read_text()
+    assert "--kill-on-bad-exit=1" in script and "--gpus-per-node" not in script
     state = job_state(handle.job_dir)
     assert state["state"] == "COMPLETED" and state["nodes"] == ["node1", "node2"]
 

@@ -27,7 +27,7 @@ def _one_thread(monkeypatch):
 
 def _submit(base: Path, name: str, *flags: str) -> Path:
     cmd = [sys.executable, "-m", "jobs.submit", "finetune", "--preset", "tiny", "--executor", "slurm",
-           "--nodes", "2", "--platform", "cpu", "--deepspeed", ZERO, "--runs", str(base),
+           "--nodes", "2", "--deepspeed", ZERO, "--runs", str(base),
            "--output_dir", str(base / name), *flags]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
