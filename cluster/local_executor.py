@@ -4,7 +4,9 @@
 survives the terminal that started it). The supervisor starts one process per rank, stops all of
 them when one fails (like Slurm's ``--kill-on-bad-exit``), restarts them when they stop for a
 requeue, and records pids and state in ``JOB_DIR/local/state.json``. Cancel signals its process
-group.
+group. On a GPU platform every rank sees devices ``0..N-1`` (CUDA_VISIBLE_DEVICES or
+HIP_VISIBLE_DEVICES, unless already set) and LOCAL_RANK picks its own, as accelerate and DeepSpeed
+expect.
 """
 
 from __future__ import annotations
