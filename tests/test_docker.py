@@ -97,6 +97,8 @@ def test_docker_executor_runs_ranks_in_the_image(images: dict[str, float], docke
     assert launch.job_state(job_dir)["state"] == "COMPLETED"
     for rank in (0, 1):
         assert f"rank={rank} world_size=2" in (job_dir / "logs" / f"rank{rank}.log").read_text()
+    logs = run([sys.executable, "-m", "jobs.logs", str(job_dir), "--rank", "1"], docker_env).stdout
+    assert "rank=1 world_size=2" in logs
     deadline = time.monotonic() + 60
     while not (job_dir / "docker" / "exit.json").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -127,8 +129,9 @@ def test_docker_executor_cancel(images: dict[str, float], docker_env: dict[str, 
     while launch.job_state(handle.job_dir)["state"] != "RUNNING":
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.5)
-    launch.cancel(handle.job_dir)
+    run([sys.executable, "-m", "jobs.cancel", str(handle.job_dir)], docker_env, timeout=60)
     assert launch.job_state(handle.job_dir)["state"] == "CANCELLED"
+    assert "CANCELLED" in run([sys.executable, "-m", "jobs.status", str(handle.job_dir)], docker_env).stdout
     with pytest.raises(launch.JobFailed, match="CANCELLED"):
         handle.wait(timeout=30)
 
