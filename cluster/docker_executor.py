@@ -27,8 +27,10 @@ import cloudpickle
 from cluster.launch import JobHandle, LaunchSpec, read_record, write_record
 from cluster.runtime import RankContext, RankTask, atomic_write_bytes, atomic_write_text
 
-DEFAULT_IMAGE = "llava-cluster:{platform}"
-"""Image used when ``spec.container_image`` is not given (``docker compose build`` makes it)."""
+DEFAULT_IMAGES = {"cuda": "llava-cluster:cuda", "rocm": "llava-cluster:rocm", "dcu": "llava-cluster:dcu",
+                  "cpu": "llava-cluster:cuda"}
+"""Image per platform when ``spec.container_image`` is not given (what ``docker compose build``
+tags); the CUDA image also runs on CPU."""
 CACHE_ENV = "LLAVA_DOCKER_CACHE"
 SHM_SIZE = "16g"
 """/dev/shm of the container: DataLoader workers pass batches through it (64 MB -> bus errors)."""
@@ -77,7 +79,7 @@ def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cwd: 
         src, bind = _parse_mount(text)
         volumes[src] = bind
     request = {
-        "image": spec.container_image or DEFAULT_IMAGE.format(platform=platform),
+        "image": spec.container_image or DEFAULT_IMAGES[platform],
         "command": ["python", "-u", "-m", "cluster.local_executor", "supervise", job_dir,
                     str(spec.gpus_per_node)],
         "name": "llava-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.job_dir.name),
