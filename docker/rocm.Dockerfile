@@ -3,7 +3,7 @@
 # The base image ships python + ROCm's build of torch and hipcc; its torch is kept (TORCH_SPEC
 # overrides it, e.g. from https://download.pytorch.org/whl/rocm6.4). DeepSpeed's ops are prebuilt
 # for GPU_ARCH_LIST (PYTORCH_ROCM_ARCH, default gfx90a;gfx942). Up to the stack layer this file
-# matches cuda.Dockerfile line for line, so builds on one base share those layers.
+# matches the top-level (CUDA) Dockerfile line for line, so builds on one base share those layers.
 ARG BASE_IMAGE=rocm/pytorch:rocm6.4.1_ubuntu24.04_py3.12_pytorch_release_2.6.0
 FROM ${BASE_IMAGE}
 

@@ -12,8 +12,10 @@ pytestmark = pytest.mark.docker
 
 
 def test_every_accelerator_has_a_dockerfile() -> None:
-    assert {p.name for p in DOCKERFILES} >= {"cuda.Dockerfile", "rocm.Dockerfile", "dcu.Dockerfile"}
-    assert (ROOT / "Dockerfile").resolve() == ROOT / "docker" / "cuda.Dockerfile"
+    # The CUDA one is the top-level Dockerfile, a real file: BuildKit cannot build a symlinked
+    # Dockerfile (moby/buildkit#2119).
+    assert {p.name for p in DOCKERFILES} >= {"Dockerfile", "rocm.Dockerfile", "dcu.Dockerfile"}
+    assert not (ROOT / "Dockerfile").is_symlink()
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -21,9 +23,9 @@ def test_hadolint(dockerfile, docker_tools: dict[str, str]) -> None:
     run(["hadolint", "--no-color", "--failure-threshold", "warning", str(dockerfile)], docker_tools)
 
 
-@pytest.mark.parametrize("name", ["cuda", "rocm", "dcu"])
-def test_stack_is_installed_before_the_project_code(name: str) -> None:
-    lines = (ROOT / "docker" / f"{name}.Dockerfile").read_text().splitlines()
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "docker/rocm.Dockerfile", "docker/dcu.Dockerfile"])
+def test_stack_is_installed_before_the_project_code(dockerfile: str) -> None:
+    lines = (ROOT / dockerfile).read_text().splitlines()
     stack = next(i for i, line in enumerate(lines) if "install-stack.sh /opt/llava/lock.txt" in line)
     code = [i for i, line in enumerate(lines) if re.match(r"COPY (llava_core|cluster|jobs|pyproject)", line)]
     assert code and min(code) > stack

@@ -21,7 +21,7 @@ CI_COMPOSE = ["-f", "compose.yaml", "-f", "docker/compose.ci.yaml"]
 PROFILES = {"cuda": "train", "rocm": "train-rocm", "dcu": "train-dcu"}
 """Compose profile -> its service."""
 CI_IMAGES = {p: f"llava-cluster:{p}-ci" for p in PROFILES}
-DOCKERFILES = sorted(ROOT.glob("docker/*.Dockerfile"))
+DOCKERFILES = [ROOT / "Dockerfile", *sorted(ROOT.glob("docker/*.Dockerfile"))]
 
 
 def tools_env() -> dict[str, str]:
