@@ -189,6 +189,9 @@ def _container_exit(job_dir: Path, record: dict) -> int | None:
         container = docker.from_env().containers.get(record["container_id"])
     except docker.errors.NotFound:
         return -1
+    except docker.errors.DockerException as err:
+        raise RuntimeError(f"cannot reach the Docker engine that runs container {record['container_name']} "
+                           f"(DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): {err}") from None
     return None if container.status in ("created", "running", "restarting") else container.attrs[
         "State"]["ExitCode"]
 

@@ -55,3 +55,24 @@ def test_several_nodes_are_rejected(tmp_path: Path) -> None:
     spec = LaunchSpec(job_dir=tmp_path, name="x", executor="docker", nodes=2)
     with pytest.raises(ValueError, match="--nodes 2"):
         DockerExecutor().submit(lambda: None, spec)
+
+
+def test_state_names_an_unreachable_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.docker_executor import DockerExecutor
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "state.json").write_text('{"state": "RUNNING"}')
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    record = {"container_id": "0123456789ab", "container_name": "llava-x"}
+    with pytest.raises(RuntimeError, match="cannot reach the Docker engine that runs container llava-x"):
+        DockerExecutor().state(tmp_path, record)
+
+
+def test_final_state_needs_no_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.docker_executor import DockerExecutor
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "state.json").write_text('{"state": "COMPLETED", "restarts": 1}')
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    state = DockerExecutor().state(tmp_path, {"container_id": "0123456789ab", "container_name": "llava-x"})
+    assert state == {"state": "COMPLETED", "nodes": ["llava-x"], "restarts": 1}
