@@ -31,3 +31,8 @@ def request_stop(signum: int | None = None, frame: object = None) -> None:
 def install(signum: int = STOP_SIGNAL) -> None:
     """Make ``signum`` set the stop flag (instead of the default action or submitit's handler)."""
     signal.signal(signum, request_stop)
+
+
+def ignore(signum: int = STOP_SIGNAL) -> None:
+    """Ignore ``signum`` from now on (the work is done; the process is about to exit)."""
+    signal.signal(signum, signal.SIG_IGN)

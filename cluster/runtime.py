@@ -70,6 +70,7 @@ class RankTask:
 
     def __call__(self) -> object:
         ctx = self.ctx
+        preemption.install()
         if ctx.executor == "slurm":
             from submitit.helpers import TorchDistributedEnvironment
 
@@ -78,11 +79,13 @@ class RankTask:
         _redirect_output(ctx.job_dir / "logs" / f"rank{rank}.log", rank)
         try:
             _apply_environment(ctx)
-            preemption.install()
             fn = cloudpickle.loads(self.fn_bytes)
             result = fn()
             if preemption.stop_requested():
                 _stop_for_requeue(ctx, rank)
+            # done: a late stop signal must not kill the process while it exits (Python restores
+            # the default action of the signals it handles when the interpreter shuts down)
+            preemption.ignore()
         except SystemExit:
             raise
         except BaseException:
