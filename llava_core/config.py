@@ -123,7 +123,12 @@ class TrainConfig:
     bf16: bool = False
     fp16: bool = False
     tf32: bool | None = None
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = False
+    """True, False, or auto: checkpoint only the decoder layers the memory estimate needs (llava_core.speed)."""
+    packing: bool = False
+    """Pack each batch into one padding-free row, attention kept within each sample (llava_core.packing)."""
+    compile_layers: bool = False
+    """torch.compile each decoder layer (llava_core.speed)."""
     dataloader_num_workers: int = 0
     report_to: str = "none"
     run_name: str | None = None
@@ -155,6 +160,11 @@ class TrainConfig:
             raise ValueError("--bits: only 16 is supported (4/8-bit QLoRA needs bitsandbytes on a GPU)")
         if self.mm_vision_select_feature not in ("patch", "cls_patch"):
             raise ValueError("--mm_vision_select_feature: use patch or cls_patch")
+        if isinstance(self.gradient_checkpointing, str):
+            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "auto": "auto"}
+            if self.gradient_checkpointing.lower() not in words:
+                raise ValueError(f"--gradient_checkpointing {self.gradient_checkpointing!r}: use True, False or auto")
+            self.gradient_checkpointing = words[self.gradient_checkpointing.lower()]
 
     @property
     def prompt_format(self) -> str:

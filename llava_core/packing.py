@@ -193,7 +193,10 @@ def register_varlen_attention() -> str:
 
 
 def use_varlen_attention(model: torch.nn.Module) -> None:
-    """Switch the language model of a Llava model to packed varlen attention (vision keeps its own)."""
+    """Switch the language model of a (possibly PEFT-wrapped) Llava model to packed varlen
+    attention; the vision tower keeps its own."""
+    from llava_core.speed import text_configs
+
     register_varlen_attention()
-    text_config = model.config.get_text_config()
-    text_config._attn_implementation = VARLEN_ATTENTION
+    for config in text_configs(model):
+        config._attn_implementation = VARLEN_ATTENTION

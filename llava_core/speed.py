@@ -9,21 +9,49 @@ needs it, and the ZeRO setup for a size and GPU count.
 - `zero_setup(...)`: no DeepSpeed on one GPU when the states fit (ZeRO only adds copies there),
   ZeRO-2 across GPUs, ZeRO-2 with optimizer offload when the states do not fit, ZeRO-3 only when
   even sharded bf16 weights and gradients do not fit.
+- `apply_fast_path(model, cfg, lengths)`: what `llava_core.train` calls to apply the config's
+  `packing`, `compile_layers` and `gradient_checkpointing: auto` (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from llava_core.memory import JobShape
+
+if TYPE_CHECKING:
+    from llava_core.config import TrainConfig
+
+
+def language_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The language model (decoder stack) of a (possibly PEFT-wrapped) Llava model."""
+    for module in model.modules():
+        if type(module).__name__.endswith("ForConditionalGeneration") and hasattr(module, "model"):
+            return module.model.language_model
+    raise ValueError("no Llava language model found")
+
+
+def text_configs(model: torch.nn.Module) -> list:
+    """Every config object the language model reads: `config.text_config`, and the LLM's own
+    config when the model was assembled from a separately loaded LLM."""
+    configs = {id(model.config.get_text_config()): model.config.get_text_config()}
+    for module in language_model(model).modules():
+        if getattr(module, "config", None) is not None:
+            configs[id(module.config)] = module.config
+    return list(configs.values())
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder layers of a (possibly PEFT-wrapped) Llava model's language model."""
-    for module in model.modules():
-        if type(module).__name__.endswith("ForConditionalGeneration") and hasattr(module, "model"):
-            return module.model.language_model.layers
-    raise ValueError("no Llava language model found")
+    return language_model(model).layers
 
 
 def compile_decoder_layers(model: torch.nn.Module) -> int:
@@ -35,7 +63,8 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     training never reads it, and a cache object passed to each layer makes every layer recompile
     (one guard per layer index) until dynamo gives up.
     """
-    model.config.get_text_config().use_cache = False
+    for config in text_configs(model):
+        config.use_cache = False
     layers = decoder_layers(model)
     for layer in layers:
         if layer.gradient_checkpointing:
@@ -75,3 +104,88 @@ def zero_setup(trainable_params: int, frozen_params: int, world_size: int, gpu_g
     if 4 * trainable_params + 2 * frozen_params <= free:
         return ZeroSetup(2, True)
     return ZeroSetup(3, True)
+
+
+def deepspeed_zero(deepspeed: str | dict | None) -> tuple[int, bool]:
+    """(ZeRO stage, optimizer offloaded) of a DeepSpeed config given as a dict or a JSON path."""
+    if not deepspeed:
+        return 0, False
+    config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    zero = config.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    return int(zero.get("stage", 0)), offload
+
+
+def micro_batch_tokens(lengths: Sequence[int], batch: int, packed: bool, seed: int = 0) -> int:
+    """Tokens of a heavy micro batch (99.9th percentile of 2000 random batches): the sum of the
+    lengths when packed, batch x the longest when padded."""
+    rng = random.Random(seed)
+    sizes = [abs(n) for n in lengths]
+    draws = sorted(
+        (sum(pick) if packed else batch * max(pick)) for pick in (rng.choices(sizes, k=batch) for _ in range(2000))
+    )
+    return draws[int(0.999 * (len(draws) - 1))]
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def job_shape(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> JobShape:
+    """The memory-relevant shape of training `model` (after its freeze plan) per `cfg` on `lengths`."""
+    llava = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = llava.config.get_text_config()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    projector = _numel(llava.model.multi_modal_projector)
+    llm_trainable = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and "language_model" in n)
+    train = "full" if llm_trainable else "lora" if cfg.lora_enable else "projector"
+    stage, offload = deepspeed_zero(cfg.deepspeed)
+    tokens = micro_batch_tokens(lengths, cfg.per_device_train_batch_size, cfg.packing)
+    return JobShape(
+        vision_params=_numel(llava.model.vision_tower), projector_params=projector,
+        llm_params=_numel(llava.model.language_model) + llava.lm_head.weight.numel(),
+        hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
+        kv_dim=text.num_key_value_heads * (text.hidden_size // text.num_attention_heads), vocab=text.vocab_size,
+        train=train, tokens=tokens, logit_tokens=tokens, images=cfg.per_device_train_batch_size,
+        lora_params=trainable - projector if train == "lora" else 0,
+        precision="deepspeed_bf16" if cfg.deepspeed else "autocast", zero_stage=stage, offload_optimizer=offload,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")), compiled=cfg.compile_layers,
+    )
+
+
+def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> dict[str, object]:
+    """Apply the speed options of `cfg` to `model` (after its freeze plan); returns what was done.
+
+    - `packing`: the language model switches to packed varlen attention (pair it with
+      `PackingCollator` and `packed_causal_lm_loss`);
+    - `bf16` without DeepSpeed: frozen weights are stored in bf16 (autocast computes in bf16
+      anyway; trainable weights stay fp32 masters);
+    - `gradient_checkpointing: auto`: the fewest decoder layers checkpointed so that the memory
+      estimate fits 85% of the GPU (none on a CPU);
+    - `compile_layers`: each decoder layer compiled (after checkpointing is set).
+    """
+    from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
+    from llava_core.packing import use_varlen_attention
+
+    done: dict[str, object] = {}
+    if cfg.packing:
+        use_varlen_attention(model)
+        done["attention"] = "packed varlen"
+    if cfg.bf16 and not cfg.deepspeed:
+        for param in model.parameters():
+            if not param.requires_grad and param.is_floating_point():
+                param.data = param.data.to(torch.bfloat16)
+        done["frozen_weights"] = "bf16"
+    if cfg.gradient_checkpointing == "auto":
+        count = 0
+        shape = job_shape(model, cfg, lengths)
+        if torch.cuda.is_available():
+            budget = 0.85 * torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 1024**3
+            needed = checkpointed_layers_needed(shape, budget)
+            count = shape.layers if needed is None else needed
+        checkpoint_layers(model, count)
+        done["checkpointed_layers"] = count
+        done["predicted_peak_gib"] = round(estimate_peak_memory(JobShape(**{**shape.__dict__, "checkpointed_layers": count})).total_gib, 1)
+    if cfg.compile_layers:
+        done["compiled_layers"] = compile_decoder_layers(model)
+    return done

@@ -33,6 +33,8 @@ from llava_core.data import (
 from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
 from llava_core.io import append_jsonl, atomic_write_json, read_jsonl
 from llava_core.model import build_model, load_processor, projector_state_llava_format
+from llava_core.packing import PackingCollator, packed_causal_lm_loss
+from llava_core.speed import apply_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +211,14 @@ def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArgu
         lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy=cfg.evaluation_strategy, bf16=cfg.bf16, fp16=cfg.fp16,
-        gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=cfg.dataloader_num_workers,
+        gradient_checkpointing=cfg.gradient_checkpointing is True, dataloader_num_workers=cfg.dataloader_num_workers,
         report_to=[r for r in cfg.report_to.split(",") if r and r != "none"] or "none", run_name=cfg.run_name,
         deepspeed=cfg.deepspeed or None, seed=cfg.seed, optim=cfg.optim, remove_unused_columns=False,
         save_only_model=False,
     )
     if cfg.tf32 is not None:
         kw["tf32"] = cfg.tf32
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing is True:
         kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if cpu_shared_state:
         kw["accelerator_config"] = {"use_configured_state": True}
@@ -285,17 +287,24 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     model, processor = build_model(cfg)
     model.config.use_cache = False
     model = apply_freeze_plan(model, cfg)
-    if cfg.gradient_checkpointing and cfg.lora_enable:
+    if cfg.gradient_checkpointing is True and cfg.lora_enable:
         model.enable_input_require_grads()
     if is_main():
         print(format_report(parameter_report(model), plan_name(cfg)), flush=True)
     dataset = prepare_data(cfg, (model.get_base_model() if hasattr(model, "get_base_model") else model).config, processor, report)
 
+    # Fast path (llava_core.speed/packing, docs/performance.md): packing, compile, checkpointing: auto.
+    fast = apply_fast_path(model, cfg, dataset.modality_lengths)
+    if fast and is_main():
+        print(f"fast path: {fast}", flush=True)
+    pad_id = processor.tokenizer.pad_token_id
+    collator = PackingCollator(pad_id, max_segment_length=cfg.model_max_length) if cfg.packing else Collator(pad_id)
+
     stop = StopCallback(should_stop) if should_stop else None
     trainer = LlavaTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer.pad_token_id),
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=processor.tokenizer, callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
-        llava_cfg=cfg, lengths=dataset.modality_lengths,
+        llava_cfg=cfg, lengths=dataset.modality_lengths, compute_loss_func=packed_causal_lm_loss if cfg.packing else None,
     )
     resume = last_complete_checkpoint(out)
     if resume and is_main():
