@@ -18,7 +18,11 @@ from PIL import Image, ImageDraw
 from llava_core.io import atomic_write_json, atomic_write_text
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+POPULARITY = (0.35, 0.25, 0.2, 0.12, 0.08)
+"""How often each shape is drawn first: POPE's "popular" negatives are the frequent absent ones."""
+COMPANION = {"circle": "square", "square": "circle", "triangle": "diamond", "diamond": "triangle", "cross": "circle"}
+"""Shapes that tend to appear together: POPE's "adversarial" negatives are absent companions."""
 CELLS = ("top left", "top right", "bottom left", "bottom right")
 IMAGE_SIZE = 32
 SYSTEM = (
@@ -30,19 +34,22 @@ NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 @dataclass(frozen=True)
 class Scene:
-    """Objects by cell index: (colour, shape)."""
+    """Objects as (cell index, colour, shape)."""
 
     objects: tuple[tuple[int, str, str], ...]
 
-    def has(self, colour: str, shape: str) -> bool:
-        return any(c == colour and s == shape for _, c, s in self.objects)
+    @property
+    def shapes(self) -> set[str]:
+        return {s for _, _, s in self.objects}
 
 
 def random_scene(rng: random.Random) -> Scene:
-    """One to three objects in distinct cells of a 2x2 grid."""
+    """One to three objects in distinct cells of a 2x2 grid; shapes skewed and co-occurring."""
     n = rng.randint(1, 3)
     cells = rng.sample(range(4), n)
-    return Scene(tuple(sorted((cell, rng.choice(list(COLOURS)), rng.choice(SHAPES)) for cell in cells)))
+    first = rng.choices(SHAPES, POPULARITY)[0]
+    shapes = [first] + [COMPANION[first] if rng.random() < 0.6 else rng.choices(SHAPES, POPULARITY)[0] for _ in cells[1:]]
+    return Scene(tuple(sorted((cell, rng.choice(list(COLOURS)), shape) for cell, shape in zip(cells, shapes))))
 
 
 def draw(scene: Scene, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
@@ -61,8 +68,14 @@ def draw(scene: Scene, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Imag
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         elif shape == "square":
             d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        else:
+        elif shape == "triangle":
             d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        elif shape == "diamond":
+            d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+        else:
+            w = max(1, r // 3)
+            d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
+            d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
     return img
 
 
@@ -71,29 +84,30 @@ def caption(scene: Scene) -> str:
     return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
 
 
-def absent_object(scene: Scene, rng: random.Random, adversarial: bool, frequency: Counter | None = None) -> tuple[str, str]:
-    """An object not in the scene: at random; ``adversarial``: its colour and its shape each appear,
-    not together; with ``frequency``: the most frequent absent object (POPE's "popular")."""
-    colours = {c for _, c, _ in scene.objects}
-    shapes = {s for _, _, s in scene.objects}
-    pool = [(c, s) for c in COLOURS for s in SHAPES if not scene.has(c, s)]
-    if frequency is not None:
-        return max(pool, key=lambda o: (frequency[o], rng.random()))
-    hard = [(c, s) for c, s in pool if c in colours and s in shapes]
-    return rng.choice(hard if adversarial and hard else pool)
+def absent_shape(scene: Scene, rng: random.Random, split: str, frequency: Counter | None = None) -> str:
+    """A shape not in the scene, sampled as POPE samples negatives: ``random``; ``popular`` (the
+    most frequent absent shape); ``adversarial`` (the absent shape most often seen with present ones)."""
+    pool = [s for s in SHAPES if s not in scene.shapes]
+    if split == "popular":
+        return max(pool, key=lambda s: ((frequency or {}).get(s, 0), rng.random()))
+    if split == "adversarial":
+        companions = [COMPANION[s] for s in scene.shapes if COMPANION[s] in pool]
+        if companions:
+            return rng.choice(companions)
+    return rng.choice(pool)
+
+
+def existence_question(scene: Scene, rng: random.Random, split: str, frequency: Counter | None = None) -> tuple[str, str]:
+    """'Is there a <shape> in the image?' with a yes/no answer, half about absent shapes."""
+    if rng.random() < 0.5:
+        return f"Is there a {rng.choice(sorted(scene.shapes))} in the image?", "Yes"
+    return f"Is there a {absent_shape(scene, rng, split, frequency)} in the image?", "No"
 
 
 def qa_turns(scene: Scene, rng: random.Random, n_exist: int = 3) -> list[tuple[str, str]]:
-    """Existence questions (half about absent objects, half of those adversarial) and one question
-    about colour, position or count, shuffled."""
-    turns = []
-    for _ in range(n_exist):
-        if rng.random() < 0.5:
-            _, c, s = rng.choice(scene.objects)
-            turns.append((f"Is there a {c} {s} in the image?", "Yes"))
-        else:
-            c, s = absent_object(scene, rng, adversarial=rng.random() < 0.5)
-            turns.append((f"Is there a {c} {s} in the image?", "No"))
+    """Existence questions (negatives mixed as POPE's three splits) and one question about colour,
+    position or count, shuffled."""
+    turns = [existence_question(scene, rng, rng.choice(("random", "popular", "adversarial"))) for _ in range(n_exist)]
     cell, c, s = rng.choice(scene.objects)
     turns.append(rng.choice([
         (f"What color is the {s} at the {CELLS[cell]}?", c.capitalize()),
@@ -105,7 +119,7 @@ def qa_turns(scene: Scene, rng: random.Random, n_exist: int = 3) -> list[tuple[s
 
 
 TEXT_ONLY = [
-    ("What shapes can the pictures show?", "Circles, squares and triangles."),
+    ("What shapes can the pictures show?", "Circles, squares, triangles, diamonds and crosses."),
     ("Which colors are used in the pictures?", "Red, green and blue."),
     ("How many cells does each picture have?", "Four cells in a two by two grid."),
 ]
@@ -125,7 +139,7 @@ def generate_shapes(out: str | Path, n_train: int = 2000, n_eval: int = 300, see
     frequency: Counter = Counter()
     for i in range(n_train):
         scene = random_scene(rng)
-        frequency.update((c, s) for _, c, s in scene.objects)
+        frequency.update(scene.shapes)
         name = f"train_{i:05d}.png"
         draw(scene, rng).save(img_dir / name)
         pretrain.append({"id": f"cap{i}", "image": name, "conversations": [
@@ -147,16 +161,9 @@ def generate_shapes(out: str | Path, n_train: int = 2000, n_eval: int = 300, see
         scene = random_scene(rng)
         name = f"eval_{i:05d}.png"
         draw(scene, rng).save(img_dir / name)
-        for split in splits:
-            if rng.random() < 0.5:
-                _, c, s = rng.choice(scene.objects)
-                label = "yes"
-            else:
-                c, s = absent_object(scene, rng, adversarial=split == "adversarial",
-                                     frequency=frequency if split == "popular" else None)
-                label = "no"
-            splits[split].append({"question_id": len(splits[split]), "image": name,
-                                  "text": f"Is there a {c} {s} in the image?", "label": label})
+        for split, rows in splits.items():
+            text, answer = existence_question(scene, rng, split, frequency)
+            rows.append({"question_id": len(rows), "image": name, "text": text, "label": answer.lower()})
     for split, rows in splits.items():
         paths[f"pope_{split}"] = out / f"pope_{split}.jsonl"
         atomic_write_text(paths[f"pope_{split}"], "".join(json.dumps(r) + "\n" for r in rows))

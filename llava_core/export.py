@@ -26,3 +26,18 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return Path(out_dir)
+
+
+def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy a (non-LoRA) checkpoint's model and processor into a standalone HF-format folder."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if not (checkpoint_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{checkpoint_dir}: no config.json (not a model checkpoint)")
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint_dir)
+    processor = AutoProcessor.from_pretrained(checkpoint_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return Path(out_dir)

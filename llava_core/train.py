@@ -282,9 +282,11 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     configure_reporting(cfg)
     configure_tensorboard(cfg)
     cpu_state = _cpu_distributed_state(cfg)
-    args = training_arguments(cfg, cpu_state)
-
+    # Built before TrainingArguments: once those hold a ZeRO-3 config, transformers builds every
+    # model under zero.Init, which the assembly from separate parts cannot use. DeepSpeed
+    # partitions the finished model when the Trainer initialises it.
     model, processor = build_model(cfg)
+    args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
     model = apply_freeze_plan(model, cfg)
     if cfg.gradient_checkpointing is True and cfg.lora_enable:
@@ -303,7 +305,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     stop = StopCallback(should_stop) if should_stop else None
     trainer = LlavaTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
-        processing_class=processor.tokenizer, callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
+        processing_class=processor, callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
         llava_cfg=cfg, lengths=dataset.modality_lengths, compute_loss_func=packed_causal_lm_loss if cfg.packing else None,
     )
     resume = last_complete_checkpoint(out)

@@ -1,0 +1,46 @@
+"""``python -m jobs.export RUN_OR_CHECKPOINT [--merge-lora] [--out DIR]``
+
+Turns any checkpoint of a run into a standalone HF-format LLaVA (``LlavaForConditionalGeneration``
++ processor). For a LoRA run, ``--merge-lora`` merges the adapter of that checkpoint (the run's
+``adapter/`` when RUN is given) into the base model rebuilt from the run's ``config.yaml``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import fire
+import yaml
+
+from jobs.options import train_config
+from llava_core.export import merge_lora as merge_adapter
+from llava_core.export import save_full_checkpoint
+
+
+def _run_dir(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise SystemExit(f"{path}: not inside a run directory (no config.yaml found above it)")
+
+
+def main(path: str, merge_lora: bool = False, out: str | None = None) -> None:
+    """Export ``path`` (a run directory or one of its ``checkpoint-N`` folders)."""
+    src = Path(path).absolute()
+    run = _run_dir(src)
+    values = {k: v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items() if k != "job"}
+    values.pop("beta", None)
+    values.pop("loss_type", None)
+    cfg = train_config(values)
+    source = (run / "adapter") if src == run and cfg.lora_enable else src
+    target = Path(out) if out else (run / f"export-{source.name}")
+    if cfg.lora_enable:
+        if not merge_lora:
+            raise SystemExit(f"{run} is a LoRA run: pass --merge-lora to merge {source.name} into the base model")
+        merge_adapter(source, cfg, target)
+    else:
+        save_full_checkpoint(run / "final" if src == run else source, target)
+    print(f"exported {source} -> {target}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main, name="jobs.export")
