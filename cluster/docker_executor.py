@@ -13,6 +13,7 @@ output into ``logs/container.log``, records its exit in ``docker/exit.json`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -61,6 +62,12 @@ def _parse_mount(text: str) -> tuple[str, dict]:
     return src, {"bind": dst, "mode": parts[2] if len(parts) == 3 else "rw"}
 
 
+def container_name(job_dir: Path) -> str:
+    """``llava-<job name>-<hash of the job directory's path>``: one container name per job."""
+    digest = hashlib.sha1(str(job_dir).encode()).hexdigest()[:8]
+    return f"llava-{re.sub(r'[^a-zA-Z0-9_.-]', '-', job_dir.name)}-{digest}"
+
+
 def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cwd: Path, cache_dir: Path,
                       environ: dict[str, str], render_gid: str | None = None,
                       mkfd: bool = False) -> dict:
@@ -82,7 +89,7 @@ def container_request(spec: LaunchSpec, platform: str, uid: int, gid: int, cwd: 
         "image": spec.container_image or DEFAULT_IMAGES[platform],
         "command": ["python", "-u", "-m", "cluster.local_executor", "supervise", job_dir,
                     str(spec.gpus_per_node)],
-        "name": "llava-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", spec.job_dir.name),
+        "name": container_name(spec.job_dir),
         "detach": True,
         "user": f"{uid}:{gid}",
         "working_dir": str(cwd),
@@ -139,9 +146,14 @@ class DockerExecutor:
                                     render_gid=_render_gid(), mkfd=Path("/dev/mkfd").exists())
         client = docker.from_env()
         try:
-            client.containers.get(request["name"]).remove(force=True)
+            previous = client.containers.get(request["name"])
         except docker.errors.NotFound:
-            pass
+            previous = None
+        if previous is not None and previous.status == "running":
+            raise RuntimeError(f"{spec.job_dir} already runs in container {previous.name}: "
+                               f"python -m jobs.cancel {spec.job_dir} first")
+        if previous is not None:
+            previous.remove()
         container = client.containers.run(**request)
         write_record(spec.job_dir, {
             "executor": "docker", "job_id": container.short_id, "container_id": container.id,
@@ -161,7 +173,9 @@ class DockerExecutor:
         state = json.loads(path.read_text()) if path.exists() else {"state": "PENDING"}
         if state["state"] in ("PENDING", "RUNNING"):
             ended = _container_exit(job_dir, record)
-            if ended is not None:
+            # The supervisor may have written its final state just before the container ended.
+            state = json.loads(path.read_text()) if path.exists() else state
+            if ended is not None and state["state"] in ("PENDING", "RUNNING"):
                 state = {**state, "state": "FAILED",
                          "reason": f"the container ended (exit code {ended}) without a final state"}
         return {"state": state["state"], "nodes": [record["container_name"]],
