@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel
+from transformers import set_seed
 
 from llava_core.config import TrainConfig
 from llava_core.data import Encoder, ImageLoader, n_image_tokens
@@ -227,13 +228,15 @@ def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
         ensure_single_process_env()
     configure_reporting(cfg)
     configure_tensorboard(cfg)
-    args = training_arguments(cfg, _cpu_distributed_state(cfg))
-
+    cpu_state = _cpu_distributed_state(cfg)
+    # as in train(): built before the TrainingArguments hold a ZeRO-3 config (no zero.Init)
+    set_seed(cfg.seed)
     model, processor = build_model(cfg)
+    args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
     dataset = dpo_dataset(cfg, model, processor)
     model = apply_freeze_plan(model, cfg)
-    if cfg.gradient_checkpointing and cfg.lora_enable:
+    if cfg.gradient_checkpointing is True and cfg.lora_enable:
         model.enable_input_require_grads()
     if is_main():
         print(format_report(parameter_report(model), plan_name(cfg)), flush=True)
@@ -242,7 +245,7 @@ def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
     stop = StopCallback(should_stop) if should_stop else None
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset,
                          data_collator=DPOCollator(processor.tokenizer.pad_token_id),
-                         processing_class=processor.tokenizer,
+                         processing_class=processor,
                          callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
                          llava_cfg=cfg, lengths=dataset.modality_lengths, beta=beta, loss_type=loss_type)
     resume = last_complete_checkpoint(out)
