@@ -20,7 +20,16 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a LoRA run's checkpoint?)")
     base_cfg = TrainConfig.from_dict({**cfg.to_dict(), "lora_enable": False})
-    base, processor = build_model(base_cfg)
+    # At the end of a ZeRO-3 run only rank 0 merges: build the base whole, not under zero.Init
+    # (whose collectives would wait for the other ranks forever).
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    live = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        base, processor = build_model(base_cfg)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = live
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
