@@ -136,9 +136,12 @@ def test_docker_executor_cancel(images: dict[str, float], docker_env: dict[str, 
         handle.wait(timeout=30)
 
 
-def test_compose_up_trains_the_demo(images: dict[str, float], docker_env: dict[str, str],
-                                    tmp_path: Path) -> None:
-    runs, data = tmp_path / "runs", tmp_path / "data"
+@pytest.fixture(scope="module")
+def demo_workdir(images: dict[str, float], docker_env: dict[str, str],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose ``runs/`` holds the demo trained by ``docker compose up`` (checked below)."""
+    work = tmp_path_factory.mktemp("compose")
+    runs, data = work / "runs", work / "data"
     for folder in (runs, data):
         folder.mkdir()
         folder.chmod(0o777)  # the image's user (1000) writes here; the test runs as root
@@ -151,8 +154,12 @@ def test_compose_up_trains_the_demo(images: dict[str, float], docker_env: dict[s
         print(f"compose up demo: {time.monotonic() - start:.0f} s")
         run([*compose, "down"], env, check=False)
     assert proc.returncode == 0, proc.stdout[-6000:]
-    demos = sorted(runs.glob("demo-*/summary.json"))
-    assert len(demos) == 1, f"expected one demo in {runs}: {list(runs.iterdir())}"
+    return work
+
+
+def test_compose_up_trains_the_demo(demo_workdir: Path) -> None:
+    demos = sorted((demo_workdir / "runs").glob("demo-*/summary.json"))
+    assert len(demos) == 1, f"expected one demo: {list((demo_workdir / 'runs').iterdir())}"
     finetune = demos[0].parent / "finetune"
     metrics = [json.loads(line) for line in (finetune / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics)
@@ -160,3 +167,15 @@ def test_compose_up_trains_the_demo(images: dict[str, float], docker_env: dict[s
 
     model = LlavaForConditionalGeneration.from_pretrained(finetune / "final")
     assert model.config.model_type == "llava"
+
+
+def test_compose_run_trains_any_job_in_the_dcu_image(demo_workdir: Path, docker_env: dict[str, str]) -> None:
+    """``docker compose run SERVICE finetune --preset ...`` in the DCU image (its python-3.10 lock:
+    transformers 5.20), reusing the demo's tiny model and data under ``runs/assets``."""
+    env = dict(docker_env, LLAVA_RUNS=str(demo_workdir / "runs"), LLAVA_DATA=str(demo_workdir / "data"))
+    run(["docker", "compose", "-p", "llava-ci", *CI_COMPOSE, "--profile", "dcu", "run", "--rm",
+         "train-dcu", "finetune", "--preset", "tiny"], env, timeout=600)
+    (job_dir,) = (demo_workdir / "runs").glob("tiny-*")
+    assert launch.job_state(job_dir)["state"] == "COMPLETED"
+    assert json.loads((job_dir / "env.json").read_text())["versions"]["transformers"] == "5.20.2"
+    assert (job_dir / "final" / "config.json").exists()
