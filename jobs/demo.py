@@ -17,7 +17,7 @@ from rich.table import Table
 from llava_core.demo_assets import build_tiny_parts, generate_shapes
 from llava_core.io import atomic_write_json
 
-ASSET_VERSION = 1
+ASSET_VERSION = 2
 
 
 def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
@@ -73,7 +73,7 @@ def run_demo(runs: str = "runs", executor: str = "local", **overrides: Any) -> d
     stages["finetune"] = time.time() - t
     t = time.time()
     submit("eval", task="pope", model=str(root / "finetune" / "final"), data=assets["pope"], output_dir=str(root / "eval"),
-           image_folder=assets["image_folder"], split="random,popular,adversarial", version="v1", prompt_suffix="",
+           image_folder=assets["image_folder"], split="random,popular,adversarial", version="chat_template", prompt_suffix="",
            max_new_tokens=4, batch_size=32, executor=executor)
     stages["eval"] = time.time() - t
     pope = json.loads((root / "eval" / "eval" / "pope.json").read_text())["metrics"]

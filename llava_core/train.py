@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from llava_core.config import TrainConfig
 from llava_core.data import (
@@ -154,6 +154,16 @@ class LlavaTrainer(Trainer):
                                                 self.args.world_size * self.args.gradient_accumulation_steps, self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model or self.model
+        if self.is_deepspeed_enabled or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # transformers writes LLaVA weights under the original checkpoint key names, and the Trainer's
+        # own resume loads them raw with strict=False: nothing matches and training silently restarts
+        # from the initial weights. Load through from_pretrained (which maps the names), strictly.
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
             return self.optimizer
@@ -285,6 +295,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     # Built before TrainingArguments: once those hold a ZeRO-3 config, transformers builds every
     # model under zero.Init, which the assembly from separate parts cannot use. DeepSpeed
     # partitions the finished model when the Trainer initialises it.
+    set_seed(cfg.seed)  # the new projector and embedding rows are random: the same seed, the same start
     model, processor = build_model(cfg)
     args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
