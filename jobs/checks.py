@@ -1,6 +1,8 @@
 """Checks made before anything is submitted."""
 from __future__ import annotations
 
+import dataclasses
+
 from llava_core.config import TrainConfig
 
 
@@ -22,3 +24,24 @@ def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -
     hint = " or ".join(hints) if hints else "a per-device batch and accumulation whose product with the process count is the recipe's"
     raise ValueError(f"{line}, but the recipe's global batch is {expected}: set {hint} "
                      f"(or --global_batch_size {actual} to train with a different global batch on purpose)")
+
+
+def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int]) -> str:
+    """Predicted peak GPU memory per rank (llava_core.memory), from the model's configs only."""
+    from llava_core.freeze import apply_freeze_plan
+    from llava_core.memory import estimate_peak_memory
+    from llava_core.model import skeleton
+    from llava_core.speed import job_shape
+
+    from cluster.deepspeed import load_zero_config
+
+    if isinstance(cfg.deepspeed, str):
+        cfg = dataclasses.replace(cfg, deepspeed=load_zero_config(cfg.deepspeed))
+    try:
+        model = apply_freeze_plan(skeleton(cfg), cfg)
+    except (OSError, ValueError) as e:
+        return f"memory estimate: unavailable ({e})"
+    shape = dataclasses.replace(job_shape(model, cfg, lengths or [cfg.model_max_length]), world_size=processes)
+    est = estimate_peak_memory(shape)
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in est.parts_gib.items())
+    return f"memory estimate: {est.total_gib:.1f} GiB peak per GPU ({parts})"

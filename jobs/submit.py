@@ -17,7 +17,7 @@ import fire
 import yaml
 
 from cluster.launch import JobFailed, LaunchSpec, resolve_executor, submit
-from jobs.checks import check_global_batch
+from jobs.checks import check_global_batch, estimate_memory_line
 from jobs.options import Resolved, resolve, train_config
 from jobs.runner import TrainTask
 from llava_core.io import atomic_write_json, atomic_write_text
@@ -104,6 +104,7 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
                 raise SystemExit(f"bad samples found (full list: {job_dir / 'validation.json'}); fix them or pass --on_bad_sample skip")
         procs = int(r.launch.get("nodes", 1)) * int(r.launch.get("gpus_per_node", 1))
         lines.append(check_global_batch(cfg, procs, r.job.get("global_batch_size")))
+        lines.append(estimate_memory_line(cfg, procs, report.lengths if report else []))
         task = TrainTask(job, r.values, r.launch.get("platform"), report)
         resolved_config = {"job": job, **r.values}
 

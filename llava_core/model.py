@@ -145,6 +145,23 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
     return model, processor
 
 
+def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration:
+    """The run's model on the meta device, from configs only (no weights): for size and memory estimates."""
+    if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
+        config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+    else:
+        if not cfg.vision_tower:
+            raise ValueError(f"--model_name_or_path {cfg.model_name_or_path!r} is not a LLaVA checkpoint, so --vision_tower is required")
+        vision_cfg = _vision_config(cfg)
+        text_cfg = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+        strategy, _ = _select_strategy(vision_cfg, cfg)
+        config = LlavaConfig(vision_config=vision_cfg.to_dict() | {"model_type": vision_cfg.model_type},
+                             text_config=text_cfg.to_dict() | {"model_type": text_cfg.model_type},
+                             vision_feature_select_strategy=strategy, vision_feature_layer=cfg.mm_vision_select_layer)
+    with torch.device("meta"):
+        return LlavaForConditionalGeneration(config)
+
+
 def init_linear_projector(projector: LlavaMultiModalProjector) -> None:
     """Make linear_2 the identity so the two-layer projector with a linear activation is one linear map."""
     with torch.no_grad():

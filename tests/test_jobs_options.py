@@ -74,7 +74,8 @@ def test_llava15_presets_reproduce_the_published_recipe():
     pre, ft, lora = (train_config(resolve(f"llava15-7b-{k}", None, {}).values) for k in ("pretrain", "finetune", "lora"))
     assert (pre.learning_rate, pre.per_device_train_batch_size, pre.deepspeed, pre.version) == (1e-3, 32, "zero2", "plain")
     assert pre.tune_mm_mlp_adapter and not ft.tune_mm_mlp_adapter
-    assert (ft.learning_rate, ft.per_device_train_batch_size, ft.deepspeed, ft.image_aspect_ratio) == (2e-5, 16, "zero3", "pad")
+    assert (ft.learning_rate, ft.per_device_train_batch_size, ft.image_aspect_ratio) == (2e-5, 16, "pad")
+    assert ft.packing and ft.gradient_checkpointing == "auto"  # the fast path by default
     assert (lora.lora_r, lora.lora_alpha, lora.learning_rate, lora.mm_projector_lr) == (128, 256, 2e-4, 2e-5)
     assert load_preset("llava15-7b-finetune")["global_batch_size"] == 128
 
