@@ -56,11 +56,13 @@ def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
     return {normalise(k): v for k, v in data.items()}
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """A preset by name (shipped) or by path."""
-    path = PRESET_DIR / f"{name}.yaml"
-    if path.is_file():
-        return load_yaml(path, "--preset")
+def load_preset(name: str, job: str | None = None) -> dict[str, Any]:
+    """A preset by name (shipped), by model name plus the job (``llava15-7b`` + ``finetune`` ->
+    ``llava15-7b-finetune``), or by path."""
+    for candidate in (name, f"{name}-{job}" if job else None):
+        path = PRESET_DIR / f"{candidate}.yaml"
+        if candidate and path.is_file():
+            return load_yaml(path, "--preset")
     if Path(name).is_file():
         return load_yaml(name, "--preset")
     close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.5)
@@ -88,7 +90,8 @@ class Resolved:
     sources: list[str]
 
 
-def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra_names: set[str] = frozenset()) -> Resolved:
+def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra_names: set[str] = frozenset(),
+            job: str | None = None) -> Resolved:
     """Merge preset <- config file <- flags and split them; unknown names fail with suggestions.
 
     ``extra_names`` are further option names the job kind accepts (e.g. DPO's ``beta``).
@@ -96,7 +99,7 @@ def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra
     merged: dict[str, Any] = {}
     sources = []
     if preset:
-        merged.update(load_preset(preset))
+        merged.update(load_preset(preset, job))
         sources.append(f"preset {preset}")
     if config:
         merged.update(load_yaml(config, "--config"))

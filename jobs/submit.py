@@ -63,7 +63,7 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
         from jobs.eval_job import _OPTIONS
 
         extra = set(_OPTIONS)
-    r = resolve(preset, config, flags, extra)
+    r = resolve(preset, config, flags, extra, job)
     if preset:
         r.job["preset"] = preset
     job_dir = job_directory(r, job)

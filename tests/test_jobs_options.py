@@ -88,3 +88,10 @@ def test_global_batch_check_says_what_to_change():
     with pytest.raises(ValueError, match="--global_batch_size 16"):
         check_global_batch(cfg, 1, 256)
     assert "recipe" not in check_global_batch(cfg, 3, None)
+
+
+def test_a_model_preset_picks_the_stage_from_the_job():
+    assert train_config(resolve("llava15-7b", None, {}, job="pretrain").values).tune_mm_mlp_adapter
+    assert train_config(resolve("llava15-7b", None, {}, job="finetune").values).learning_rate == 2e-5
+    with pytest.raises(ValueError, match="no such preset; did you mean"):
+        resolve("llava15-7", None, {}, job="finetune")
