@@ -17,7 +17,7 @@ from rich.table import Table
 from llava_core.demo_assets import build_tiny_parts, generate_shapes
 from llava_core.io import atomic_write_json
 
-ASSET_VERSION = 2
+ASSET_VERSION = 3
 
 
 def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
@@ -27,14 +27,15 @@ def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
     if marker.is_file():
         ready = json.loads(marker.read_text())
         if ready.get("version") == ASSET_VERSION:
-            return ready["paths"]
+            return {k: str(root / v) for k, v in ready["paths"].items()}
     t0 = time.time()
     print(f"generating the tiny LLaVA parts and the shapes dataset in {root} ...", flush=True)
     parts = build_tiny_parts(root / "tiny")
     data = generate_shapes(root / "shapes")
-    paths = {k: str(v) for k, v in {**parts, **data, "pope": root / "shapes"}.items()}
+    paths = {k: str(Path(v).relative_to(root)) for k, v in {**parts, **data, "pope": root / "shapes"}.items()}
+    # relative paths: the same assets serve the host and a container that mounts runs/ elsewhere
     atomic_write_json(marker, {"version": ASSET_VERSION, "paths": paths, "seconds": round(time.time() - t0, 1)})
-    return paths
+    return {k: str(root / v) for k, v in paths.items()}
 
 
 def tiny_asset_values(assets_dir: str | Path) -> dict[str, str]:
