@@ -7,7 +7,6 @@ ending with a human turn), ``chosen``/``rejected`` the two candidate answers to 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 from llava_core.conversation import ConversationError
 from llava_core.data import Collator, Encoder, ImageLoader, Record
 from llava_core.eval.records import read_records
-from llava_core.io import atomic_write_json
+from llava_core.io import atomic_write_json, load_json
 
 # HA-DPO's description prompts (ha_dpo/models/llava-v1_5/train_dpo.py), one drawn per pair.
 HADPO_DESC_PROMPTS = (
@@ -72,7 +71,7 @@ def convert_hadpo(desc_data: str | Path, pope_data: str | Path, vg_image_data: s
     """
     rng = random.Random(seed)
     id2path = {}
-    for i, item in enumerate(_load_json(vg_image_data, list)):
+    for i, item in enumerate(load_json(vg_image_data, list)):
         try:
             parts = item["url"].split("/")
             id2path[int(item["image_id"])] = f"{parts[-2]}/{parts[-1]}"
@@ -86,7 +85,7 @@ def convert_hadpo(desc_data: str | Path, pope_data: str | Path, vg_image_data: s
             raise ValueError(f"{where}: image_id {image_id!r} not in {vg_image_data}") from None
 
     pope_records = []
-    for i, item in enumerate(_load_json(pope_data, list)):
+    for i, item in enumerate(load_json(pope_data, list)):
         where = f"{pope_data}[{i}]"
         if not isinstance(item, dict) or any(k not in item for k in ("image_id", "question", "chosen", "reject")):
             raise ValueError(f"{where}: needs 'image_id', 'question', 'chosen', 'reject'")
@@ -95,7 +94,7 @@ def convert_hadpo(desc_data: str | Path, pope_data: str | Path, vg_image_data: s
         pope_records.append(_record(f"pope{i}", image_of(item["image_id"], where), item["question"],
                                     item["chosen"], item["reject"]))
     desc_records = []
-    for image_id, item in _load_json(desc_data, dict).items():
+    for image_id, item in load_json(desc_data, dict).items():
         where = f"{desc_data}[{image_id!r}]"
         if not isinstance(item, dict) or not item.get("chosen") or not item.get("rejected"):
             raise ValueError(f"{where}: needs non-empty 'chosen' and 'rejected' lists")
@@ -117,19 +116,6 @@ def _record(rid: str, image: str, question: str, chosen: str, rejected: str) -> 
     return {"id": rid, "image": image,
             "conversations": [{"from": "human", "value": "<image>\n" + question}],
             "chosen": chosen, "rejected": rejected}
-
-
-def _load_json(path: str | Path, kind: type) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(doc, kind):
-        raise ValueError(f"{path}: expected a JSON {kind.__name__}")
-    return doc
 
 
 class DPODataset(Dataset):

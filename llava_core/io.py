@@ -71,3 +71,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def load_json(path: str | os.PathLike, kind: type = object) -> Any:
+    """A JSON document of type ``kind`` (list, dict...); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(doc, kind):
+        raise ValueError(f"{path}: expected a JSON {kind.__name__}")
+    return doc

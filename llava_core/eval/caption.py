@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from llava_core.eval.records import field
+from llava_core.io import load_json
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,7 @@ class CaptionImage:
 def read_coco_captions(path: str | Path, image_folder: str | Path) -> list[CaptionImage]:
     """One entry per image that has at least one reference caption, in the file's image order."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    doc = load_json(path, dict)
     for key in ("images", "annotations"):
         if not isinstance(doc.get(key), list):
             raise ValueError(f"{path}: missing list {key!r} (COCO captions format)")
