@@ -17,7 +17,7 @@ from rich.table import Table
 from llava_core.demo_assets import build_tiny_parts, generate_shapes
 from llava_core.io import atomic_write_json
 
-ASSET_VERSION = 3
+ASSET_VERSION = 4
 
 
 def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
@@ -50,8 +50,16 @@ def _final_loss(job_dir: Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def run_demo(runs: str = "runs", executor: str = "local", **overrides: Any) -> dict[str, Any]:
-    """Pretrain, finetune and evaluate the tiny LLaVA; print and return the results.
+def _pope(submit, model: Path, out: Path, assets: dict[str, str], executor: str) -> dict[str, Any]:
+    submit("eval", task="pope", model=str(model), data=assets["pope"], output_dir=str(out),
+           image_folder=assets["image_folder"], split="random,popular,adversarial", version="chat_template",
+           prompt_suffix="", max_new_tokens=4, batch_size=32, executor=executor)
+    return json.loads((out / "eval" / "pope.json").read_text())["metrics"]
+
+
+def run_demo(runs: str = "runs", executor: str = "local", with_dpo: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Pretrain, finetune and evaluate the tiny LLaVA (then DPO and evaluate again with
+    ``with_dpo``); print and return the results.
 
     ``overrides`` are flags for the finetune stage (e.g. ``--num_train_epochs 1``).
     """
@@ -73,16 +81,23 @@ def run_demo(runs: str = "runs", executor: str = "local", **overrides: Any) -> d
            pretrain_mm_mlp_adapter=str(root / "pretrain" / "mm_projector.bin"), **common, **overrides)
     stages["finetune"] = time.time() - t
     t = time.time()
-    submit("eval", task="pope", model=str(root / "finetune" / "final"), data=assets["pope"], output_dir=str(root / "eval"),
-           image_folder=assets["image_folder"], split="random,popular,adversarial", version="chat_template", prompt_suffix="",
-           max_new_tokens=4, batch_size=32, executor=executor)
+    pope = _pope(submit, root / "finetune" / "final", root / "eval", assets, executor)
     stages["eval"] = time.time() - t
-    pope = json.loads((root / "eval" / "eval" / "pope.json").read_text())["metrics"]
+    after_dpo = None
+    if with_dpo:
+        from llava_core.demo_dpo import write_dpo_pairs
+
+        t = time.time()
+        pairs = write_dpo_pairs(root / "dpo-images", root / "dpo_pairs.json", n_images=800)
+        submit("dpo", preset="dpo-tiny", model_name_or_path=str(root / "finetune" / "final"), data_path=str(pairs),
+               image_folder=str(root / "dpo-images"), output_dir=str(root / "dpo"), executor=executor)
+        stages["dpo"] = time.time() - t
+        after_dpo = _pope(submit, root / "dpo" / "final", root / "eval-dpo", assets, executor)
 
     summary = {"job_dir": str(root), "seconds": {"assets": round(t_assets, 1), **{k: round(v, 1) for k, v in stages.items()},
                                                  "total": round(time.time() - t0, 1)},
                "final_loss": {"pretrain": _final_loss(root / "pretrain"), "finetune": _final_loss(root / "finetune")},
-               "pope": pope}
+               "pope": pope, "pope_after_dpo": after_dpo}
     atomic_write_json(root / "summary.json", summary)
     print_summary(summary)
     return summary
@@ -101,7 +116,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     pope = Table(title="POPE-style yes/no on held-out images (chance: 0.50)")
     for col in ("split", "accuracy", "precision", "recall", "F1", "yes-ratio"):
         pope.add_column(col)
-    for split, m in summary["pope"].items():
-        if isinstance(m, dict) and "accuracy" in m:
-            pope.add_row(split, *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")))
+    if summary.get("pope_after_dpo"):
+        pope.add_column("model")
+    for model, key in (("finetuned", "pope"), ("after DPO", "pope_after_dpo")):
+        for split, m in (summary.get(key) or {}).items():
+            if isinstance(m, dict) and "accuracy" in m:
+                row = [split, *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))]
+                pope.add_row(*row, *([model] if summary.get("pope_after_dpo") else []))
     console.print(pope)

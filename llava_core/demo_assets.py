@@ -129,7 +129,8 @@ def generate_shapes(out: str | Path, n_train: int = 2000, n_eval: int = 300, see
     """Write the shapes dataset: images, stage-1 captions, stage-2 QA, POPE-style eval questions.
 
     Returns the paths: ``image_folder``, ``pretrain`` and ``finetune`` (LLaVA JSON), and
-    ``pope_<split>`` (POPE question files: question_id, image, text, label) for the held-out images.
+    ``pope_<split>`` (POPE question files: question_id, image, text, label), ``vqa`` (questions with
+    answers lists) and ``captions`` (COCO-caption format) for the held-out images.
     """
     out = Path(out)
     rng = random.Random(seed)
@@ -157,6 +158,8 @@ def generate_shapes(out: str | Path, n_train: int = 2000, n_eval: int = 300, see
     atomic_write_json(paths["finetune"], finetune)
 
     splits: dict[str, list[dict]] = {"random": [], "popular": [], "adversarial": []}
+    vqa, images, captions = [], [], []
+    vqa_rng = random.Random(seed + 100)
     for i in range(n_eval):
         scene = random_scene(rng)
         name = f"eval_{i:05d}.png"
@@ -164,6 +167,14 @@ def generate_shapes(out: str | Path, n_train: int = 2000, n_eval: int = 300, see
         for split, rows in splits.items():
             text, answer = existence_question(scene, rng, split, frequency)
             rows.append({"question_id": len(rows), "image": name, "text": text, "label": answer.lower()})
+        cell, c, s = vqa_rng.choice(scene.objects)
+        text, answer = vqa_rng.choice([(f"What color is the {s} at the {CELLS[cell]}?", c.capitalize()),
+                                       ("How many objects are in the image?", NUMBERS[len(scene.objects)].capitalize() + ".")])
+        vqa.append({"question_id": i, "image": name, "text": text, "answers": [answer]})
+        images.append({"id": i, "file_name": name})
+        captions.append({"id": i, "image_id": i, "caption": caption(scene)})
+    paths["vqa"] = atomic_write_text(out / "vqa_val.jsonl", "".join(json.dumps(r) + "\n" for r in vqa))
+    paths["captions"] = atomic_write_json(out / "captions_val.json", {"images": images, "annotations": captions})
     for split, rows in splits.items():
         paths[f"pope_{split}"] = out / f"pope_{split}.jsonl"
         atomic_write_text(paths[f"pope_{split}"], "".join(json.dumps(r) + "\n" for r in rows))
