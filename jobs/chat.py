@@ -7,6 +7,8 @@ checkpoint folder.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fire
 
 from llava_core.config import PROMPT_VERSIONS
@@ -15,14 +17,27 @@ from llava_core.eval.generate import generate_batch
 from llava_core.inference import load_model
 
 
+def trained_version(model: str) -> str:
+    """The prompt format recorded in the run's config.yaml (a run dir or a folder inside one), else v1."""
+    import yaml
+
+    path = Path(model).absolute()
+    for folder in (path, *path.parents):
+        if (folder / "config.yaml").is_file():
+            return str((yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("version", "v1"))
+    return "v1"
+
+
 def main(prompt: str | None = None, model: str = "", image: str | None = None,
-         version: str = "v1", max_new_tokens: int = 256) -> None:
+         version: str | None = None, max_new_tokens: int = 256) -> None:
     """Answer PROMPT about IMAGE (optional) with MODEL; chat when PROMPT is left out.
 
-    version: the prompt format the model was trained with (v1, plain, chat_template, ...).
+    version: the prompt format the model was trained with (v1, plain, chat_template, ...);
+    by default the one the run recorded.
     """
     if not model:
         raise SystemExit("--model RUN_OR_PATH is required")
+    version = version or trained_version(model)
     if version not in PROMPT_VERSIONS:
         raise SystemExit(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
     fmt = PROMPT_VERSIONS[version]
