@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	OMP_NUM_THREADS=2 $(PY) -m jobs.submit demo
+	$(PY) -m jobs.submit demo
 
 test: setup
 	$(PY) -m pytest
