@@ -17,7 +17,7 @@ from rich.table import Table
 from llava_core.demo_assets import build_tiny_parts, generate_shapes
 from llava_core.io import atomic_write_json
 
-ASSET_VERSION = 4
+ASSET_VERSION = 5
 
 
 def ensure_assets(assets_dir: str | Path) -> dict[str, str]:

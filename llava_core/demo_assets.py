@@ -91,7 +91,7 @@ def absent_shape(scene: Scene, rng: random.Random, split: str, frequency: Counte
     if split == "popular":
         return max(pool, key=lambda s: ((frequency or {}).get(s, 0), rng.random()))
     if split == "adversarial":
-        companions = [COMPANION[s] for s in scene.shapes if COMPANION[s] in pool]
+        companions = [COMPANION[s] for s in sorted(scene.shapes) if COMPANION[s] in pool]
         if companions:
             return rng.choice(companions)
     return rng.choice(pool)
