@@ -22,10 +22,10 @@ def check(path: str) -> list[tuple[str, float, float]]:
     """(run name, measured GiB, predicted GiB) for each run in the results file at `path`."""
     rows = []
     for result in json.loads(open(path).read())["results"]:
-        spec = RunSpec(**{name: result[name] for name in RunSpec.__dataclass_fields__})
+        spec = RunSpec(**{name: result[name] for name in RunSpec.__dataclass_fields__ if name in result})
         model_spec = SPECS[spec.model]
         dataset = SyntheticLlavaDataset(model_spec, "stage1" if spec.stage == "stage1" else "stage2",
-                                        spec.batch * (spec.warmup + spec.steps), seed=spec.seed)
+                                        spec.batch * spec.accum * (spec.warmup + spec.steps + spec.profile), seed=spec.seed)
         model = build_llava(model_spec, "meta", torch.bfloat16)
         counts = parameter_counts(model)
         model = _freeze(model, spec.stage)

@@ -3,7 +3,8 @@
     python -m bench.throughput --model 1b --stages stage1,stage2,lora --out runs/bench   # on a GPU
     python -m bench.throughput --smoke                                                  # tiny, CPU
 
-Modes (both through the HF Trainer, same data order, same seed, same global batch):
+Modes (both through the HF Trainer, same data order, same seed, same global batch: LLaVA-1.5's
+per-device batch with 8 gradient-accumulation steps, i.e. the global batch of its 8-GPU recipes):
 - `reference`: what LLaVA's scripts do: bf16 weights under DeepSpeed ZeRO-2 (fp32 master in the
   optimizer), right-padded batches, SDPA with a padding mask, gradient checkpointing on.
 - `ours`: the project's default: packed batches with varlen attention and logits only where a
@@ -13,8 +14,10 @@ Modes (both through the HF Trainer, same data order, same seed, same global batc
   not (`llava_core.speed`, `llava_core.memory`).
 - `ours-nocompile`, `ours-padded`: `ours` without per-layer compile / without packing (ablations).
 
-Printed and written to `<out>/results.json`: step time, samples/s, real (non-pad) tokens/s, MFU,
-peak GPU memory (measured and predicted), first/last loss and the per-step losses.
+Printed and written to `<out>/results.json`: optimizer-step time, samples/s, real (non-pad)
+tokens/s, MFU, peak GPU memory (measured and predicted), peak host memory, first/last loss and the
+per-step losses. `--profile` adds one optimizer step under torch.profiler after the timed ones
+(not timed) and writes its busiest kernels and the GPU's busy fraction to `<run>.profile.txt`.
 MFU = F / step time / PEAK_FLOPS with F = 2*N_vision*577*images + 6*N_proj*576*images
 + k*N_llm*T (T real tokens, N_llm without the input embedding, k=6 when the LLM trains, 4 when it
 is frozen but backpropagated, plus 6*N_lora*T for LoRA); PEAK_FLOPS is the measured bf16 matmul
@@ -27,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -46,7 +50,9 @@ LLAVA_ZERO2 = {
     "gradient_accumulation_steps": "auto",
     "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9, "reduce_bucket_size": "auto"},
 }
+# (per-device batch, lr) of LLaVA-1.5's scripts; global batch = batch x ACCUM (its 8 GPUs).
 STAGE_DEFAULTS = {"stage1": (32, 1e-3), "stage2": (16, 2e-5), "lora": (16, 2e-4)}
+ACCUM = 8
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -61,10 +67,12 @@ class RunSpec:
     lr: float
     warmup: int
     steps: int
+    accum: int = 1
+    profile: bool = False
     seed: int = 0
     workers: int = 4
     device: str = "cuda"
-    gpu_gib: float = 79.0
+    gpu_gib: float = 79.0  # GPU memory to plan for and allow (caps the allocator on larger GPUs)
 
 
 def _set_single_process_env() -> None:
@@ -106,13 +114,19 @@ def _job_shape(spec, counts: dict[str, int], model_spec, tokens: int, logit_toke
 
 
 def _step_batches(dataset, spec: RunSpec) -> list[list[int]]:
-    return [list(range(s * spec.batch, (s + 1) * spec.batch)) for s in range(spec.warmup + spec.steps)]
+    """Sample indices of each optimizer step (sequential order, `batch x accum` samples each)."""
+    size = spec.batch * spec.accum
+    return [list(range(s * size, (s + 1) * size)) for s in range(spec.warmup + spec.steps + spec.profile)]
+
+
+def _micro_batches(dataset, spec: RunSpec) -> list[list[int]]:
+    return [step[i:i + spec.batch] for step in _step_batches(dataset, spec) for i in range(0, len(step), spec.batch)]
 
 
 def _step_shapes(dataset, spec: RunSpec, packed: bool, pad_multiple: int) -> dict[str, int]:
     """Largest tokens/logit positions/images of any step, as computed by the mode."""
     worst = {"tokens": 0, "logit_tokens": 0, "images": 0}
-    for indices in _step_batches(dataset, spec):
+    for indices in _micro_batches(dataset, spec):
         lengths = [dataset.lengths[i] for i in indices]
         images = sum(dataset.layouts[i].has_image for i in indices)
         if packed:
@@ -132,16 +146,19 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     from bench.models import SPECS, build_llava, parameter_counts
     from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
     from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
-    from llava_core.speed import checkpoint_layers, compile_decoder_layers, zero_setup
+    from llava_core.speed import HOST_ASYNC_ARGS, FrozenHeapCallback, checkpoint_layers, compile_decoder_layers, zero_setup
 
     cuda = spec.device == "cuda"
     ours = spec.mode.startswith("ours")
     packing = ours and spec.mode != "ours-padded"
     compile_layers = cuda and ours and spec.mode != "ours-nocompile"
     _set_single_process_env()
+    if cuda:  # a larger GPU behaves as one of `gpu_gib` (e.g. an H200 measuring for 80 GB cards)
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec.gpu_gib * 1024**3 / total))
     model_spec = SPECS[spec.model]
     dataset = SyntheticLlavaDataset(model_spec, "stage1" if spec.stage == "stage1" else "stage2",
-                                    spec.batch * (spec.warmup + spec.steps), seed=spec.seed)
+                                    spec.batch * spec.accum * (spec.warmup + spec.steps + spec.profile), seed=spec.seed)
     model = build_llava(model_spec, spec.device, torch.float32, seed=spec.seed)
     counts = parameter_counts(model)
     bf16 = torch.bfloat16 if cuda else torch.float32
@@ -185,7 +202,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     args = TrainingArguments(
         output_dir=os.environ.get("BENCH_TMP", "/tmp/bench-trainer"),
         per_device_train_batch_size=spec.batch,
-        max_steps=spec.warmup + spec.steps,
+        gradient_accumulation_steps=spec.accum,
+        max_steps=spec.warmup + spec.steps + spec.profile,
         learning_rate=spec.lr,
         lr_scheduler_type="cosine",
         warmup_steps=0.03,
@@ -207,17 +225,30 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         seed=spec.seed,
         disable_tqdm=True,
         use_cpu=not cuda,
+        **(HOST_ASYNC_ARGS if ours else {}),
     )
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
             self.ends: list[float] = []
             self.losses: list[float] = []
+            self.profiler: torch.profiler.profile | None = None
+            self.profile: dict[str, Any] = {}
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if spec.profile and state.global_step == spec.warmup + spec.steps:
+                activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
+            if self.profiler is not None:
+                self.profiler.__exit__(None, None, None)
+                self.profile = profile_summary(self.profiler, self.ends[-1] - self.ends[-2])
+                self.profiler = None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -226,15 +257,17 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     clock = Clock()
     collator = PackingCollator(pad_token_id=0, pad_to_multiple_of=pad_multiple) if packing else padded_collate
     trainer = Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock],
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        callbacks=[clock] + ([FrozenHeapCallback()] if ours else []),
         compute_loss_func=packed_causal_lm_loss if packing else None,
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
 
-    timed = _step_batches(dataset, spec)[spec.warmup:]
-    seconds = clock.ends[-1] - clock.ends[spec.warmup - 1] if spec.warmup else clock.ends[-1] - clock.ends[0]
+    timed = _step_batches(dataset, spec)[spec.warmup:spec.warmup + spec.steps]
+    ends = clock.ends[:spec.warmup + spec.steps]
+    seconds = ends[-1] - ends[spec.warmup - 1] if spec.warmup else ends[-1] - ends[0]
     tokens = sum(dataset.lengths[i] for step in timed for i in step)
     images = sum(dataset.layouts[i].has_image for step in timed for i in step)
     k = 6 if spec.stage == "stage2" else 4
@@ -243,20 +276,33 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     result = {
         **asdict(spec),
         "step_s": seconds / len(timed),
-        "samples_s": spec.batch * len(timed) / seconds,
+        "samples_s": spec.batch * spec.accum * len(timed) / seconds,
         "tokens_s": tokens / seconds,
         "images_s": images / seconds,
         "mfu": flops / seconds / PEAK_FLOPS,
         "peak_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else float("nan"),
         "predicted_gib": predicted.total_gib,
+        "host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "predicted_parts_gib": predicted.parts_gib,
         "plan": plan,
         "loss_first": clock.losses[0],
         "loss_last": clock.losses[-1],
         "losses": clock.losses,
-        "step_times": [b - a for a, b in zip(clock.ends, clock.ends[1:])],
+        "step_times": [b - a for a, b in zip(ends, ends[1:])],
     }
+    if clock.profile:
+        result["profile"] = clock.profile
     return result
+
+
+def profile_summary(profiler: "torch.profiler.profile", wall_s: float, top: int = 25) -> dict[str, Any]:
+    """The profiled step's wall time, GPU busy time (sum of kernel and copy times) and its
+    busiest operations by self device time, as a printable table."""
+    averages = profiler.key_averages()
+    busy_us = sum(e.self_device_time_total for e in averages  # kernels and copies, as the table's footer sums them
+                  if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
+    table_text = averages.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=70)
+    return {"wall_s": wall_s, "device_busy_s": busy_us / 1e6, "table": table_text}
 
 
 def loader_rate(model: str, stage: str, batch: int, workers: int, batches: int = 40) -> float:
@@ -287,7 +333,7 @@ def table(results: list[dict[str, Any]]) -> str:
         speedup = f"{r['tokens_s'] / base:.2f}x" if base and r["mode"].startswith("ours") else ""
         cells = []
         for column in COLUMNS:
-            value = r[column]
+            value = f"{r['batch']}x{r.get('accum', 1)}" if column == "batch" else r[column]
             cells.append(f"{100 * value:.1f}%" if column == "mfu" else f"{value:.3g}" if isinstance(value, float) else str(value))
         lines.append("| " + " | ".join(cells + [speedup]) + " |")
     return "\n".join(lines)
@@ -302,7 +348,11 @@ def _run_in_subprocess(spec: RunSpec, out: Path) -> dict[str, Any] | None:
     if code or not result_file.exists():
         print(f"{name}: failed (exit {code}), see {out / (name + '.log')}", flush=True)
         return None
-    return json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text())
+    if "profile" in result:
+        (out / f"{name}.profile.txt").write_text(
+            f"wall {result['profile']['wall_s']:.3f} s, device busy {result['profile']['device_busy_s']:.3f} s\n{result['profile']['table']}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,7 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="reference,ours")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--accum", type=int, default=ACCUM, help="gradient accumulation steps (global batch = batch x accum)")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--profile", default="", help="modes to profile one extra optimizer step of (comma-separated)")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--loader", action="store_true", help="also measure the packed loader alone (images/s)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 2 steps per run, in-process")
@@ -330,10 +382,12 @@ def main(argv: list[str] | None = None) -> None:
         batch, lr = STAGE_DEFAULTS[stage]
         for mode in args.modes.split(","):
             if args.smoke:
-                spec = RunSpec("tiny", stage, mode, batch=4, lr=lr, warmup=1, steps=2, workers=0, device="cpu")
+                spec = RunSpec("tiny", stage, mode, batch=4, lr=lr, warmup=1, steps=2, accum=2, profile=mode in args.profile.split(","),
+                               workers=0, device="cpu")
                 results.append(run_one(spec))
             else:
-                spec = RunSpec(args.model, stage, mode, batch, lr, args.warmup, args.steps, workers=args.workers)
+                spec = RunSpec(args.model, stage, mode, batch, lr, args.warmup, args.steps, accum=args.accum,
+                               profile=mode in args.profile.split(","), workers=args.workers)
                 result = _run_in_subprocess(spec, out)
                 if result:
                     results.append(result)
