@@ -146,7 +146,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     from bench.models import SPECS, build_llava, parameter_counts
     from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
     from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
-    from llava_core.speed import HOST_ASYNC_ARGS, FrozenHeapCallback, checkpoint_layers, compile_decoder_layers, zero_setup
+    from llava_core.speed import checkpoint_layers, compile_decoder_layers, zero_setup
 
     cuda = spec.device == "cuda"
     ours = spec.mode.startswith("ours")
@@ -225,7 +225,6 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         seed=spec.seed,
         disable_tqdm=True,
         use_cpu=not cuda,
-        **(HOST_ASYNC_ARGS if ours else {}),
     )
 
     class Clock(TrainerCallback):
@@ -257,8 +256,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     clock = Clock()
     collator = PackingCollator(pad_token_id=0, pad_to_multiple_of=pad_multiple) if packing else padded_collate
     trainer = Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator,
-        callbacks=[clock] + ([FrozenHeapCallback()] if ours else []),
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock],
         compute_loss_func=packed_causal_lm_loss if packing else None,
     )
     if cuda:
@@ -291,7 +289,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         "step_times": [b - a for a, b in zip(ends, ends[1:])],
     }
     if clock.profile:
-        result["profile"] = clock.profile
+        result["profile_summary"] = clock.profile
     return result
 
 
@@ -349,9 +347,10 @@ def _run_in_subprocess(spec: RunSpec, out: Path) -> dict[str, Any] | None:
         print(f"{name}: failed (exit {code}), see {out / (name + '.log')}", flush=True)
         return None
     result = json.loads(result_file.read_text())
-    if "profile" in result:
+    if "profile_summary" in result:
+        summary = result["profile_summary"]
         (out / f"{name}.profile.txt").write_text(
-            f"wall {result['profile']['wall_s']:.3f} s, device busy {result['profile']['device_busy_s']:.3f} s\n{result['profile']['table']}")
+            f"wall {summary['wall_s']:.3f} s, device busy {summary['device_busy_s']:.3f} s\n{summary['table']}")
     return result
 
 
@@ -374,7 +373,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.one:
         Path(args.result).write_text(json.dumps(run_one(RunSpec(**json.loads(args.one)))))
-        return
+        # Skip interpreter teardown: once, a run whose results were written never exited
+        # (DeepSpeed run, 8-minute hang on the H100) and held up every run after it.
+        sys.stdout.flush()
+        os._exit(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

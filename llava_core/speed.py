@@ -11,14 +11,10 @@ needs it, and the ZeRO setup for a size and GPU count.
   even sharded bf16 weights and gradients do not fit.
 - `apply_fast_path(model, cfg, lengths)`: what `llava_core.train` calls to apply the config's
   `packing`, `compile_layers` and `gradient_checkpointing: auto` (docs/performance.md).
-- `HOST_ASYNC_ARGS` and `FrozenHeapCallback`: Trainer settings that keep the host from stalling
-  the GPU (no per-micro-step loss read, asynchronous input copies, no full garbage collections
-  over the model's long-lived objects).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import random
@@ -28,39 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import TrainerCallback
 
 from llava_core.memory import JobShape
 
 if TYPE_CHECKING:
     from llava_core.config import TrainConfig
-
-
-# TrainingArguments that keep the host ahead of the GPU: the NaN/inf filter reads every micro
-# step's loss on the host (a synchronisation per micro step), and blocking input copies wait for
-# all queued kernels before the next batch can be launched.
-HOST_ASYNC_ARGS: dict[str, object] = {"logging_nan_inf_filter": False, "accelerator_config": {"non_blocking": True}}
-
-
-class FrozenHeapCallback(TrainerCallback):
-    """Collect once and `gc.freeze()` after the first optimizer step, when the model, optimizer
-    and compiled graphs exist. Python's full collections otherwise walk those millions of
-    long-lived objects every few steps, stalling the host for 0.1-0.5 s while the GPU idles.
-    Unfrozen when training ends, so a process that trains again collects them normally."""
-
-    def __init__(self) -> None:
-        self.frozen = False
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if not self.frozen:
-            gc.collect()
-            gc.freeze()
-            self.frozen = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.frozen:
-            gc.unfreeze()
-            self.frozen = False
 
 
 def language_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -34,7 +34,7 @@ from llava_core.freeze import apply_freeze_plan, format_report, parameter_report
 from llava_core.io import append_jsonl, atomic_write_json, read_jsonl
 from llava_core.model import build_model, load_processor, projector_state_llava_format
 from llava_core.packing import PackingCollator, packed_causal_lm_loss
-from llava_core.speed import HOST_ASYNC_ARGS, FrozenHeapCallback, apply_fast_path
+from llava_core.speed import apply_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,8 @@ def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArgu
         kw["tf32"] = cfg.tf32
     if cfg.gradient_checkpointing is True:
         kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    kw.update(HOST_ASYNC_ARGS)
     if cpu_shared_state:
-        kw["accelerator_config"] = {**HOST_ASYNC_ARGS["accelerator_config"], "use_configured_state": True}
+        kw["accelerator_config"] = {"use_configured_state": True}
     kw.update(cfg.training_args)
     return TrainingArguments(**kw)
 
@@ -317,8 +316,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     stop = StopCallback(should_stop) if should_stop else None
     trainer = LlavaTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
-        processing_class=processor,
-        callbacks=[MetricsCallback(out / "metrics.jsonl"), FrozenHeapCallback()] + ([stop] if stop else []),
+        processing_class=processor, callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
         llava_cfg=cfg, lengths=dataset.modality_lengths, compute_loss_func=packed_causal_lm_loss if cfg.packing else None,
     )
     resume = last_complete_checkpoint(out)
