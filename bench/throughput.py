@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--accum", type=int, default=ACCUM, help="gradient accumulation steps (global batch = batch x accum)")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--gpu-gib", type=float, default=79.0, help="GPU memory to plan for; caps the allocator on larger GPUs")
     parser.add_argument("--profile", default="", help="modes to profile one extra optimizer step of (comma-separated)")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--loader", action="store_true", help="also measure the packed loader alone (images/s)")
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(run_one(spec))
             else:
                 spec = RunSpec(args.model, stage, mode, batch, lr, args.warmup, args.steps, accum=args.accum,
-                               profile=mode in args.profile.split(","), workers=args.workers)
+                               profile=mode in args.profile.split(","), workers=args.workers, gpu_gib=args.gpu_gib)
                 result = _run_in_subprocess(spec, out)
                 if result:
                     results.append(result)
