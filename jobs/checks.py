@@ -26,10 +26,11 @@ def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -
                      f"(or --global_batch_size {actual} to train with a different global batch on purpose)")
 
 
-def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int]) -> str:
-    """Predicted peak GPU memory per rank (llava_core.memory), from the model's configs only."""
+def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], gpus_per_node: int = 1) -> str:
+    """Predicted peak GPU memory per rank (llava_core.memory), from the model's configs only, and
+    the host memory per node that an offloaded optimizer needs."""
     from llava_core.freeze import apply_freeze_plan
-    from llava_core.memory import estimate_peak_memory
+    from llava_core.memory import estimate_host_memory, estimate_peak_memory
     from llava_core.model import skeleton
     from llava_core.speed import job_shape
 
@@ -44,4 +45,9 @@ def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int]) -
     shape = dataclasses.replace(job_shape(model, cfg, lengths or [cfg.model_max_length]), world_size=processes)
     est = estimate_peak_memory(shape)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in est.parts_gib.items())
-    return f"memory estimate: {est.total_gib:.1f} GiB peak per GPU ({parts})"
+    line = f"memory estimate: {est.total_gib:.1f} GiB peak per GPU ({parts})"
+    host = estimate_host_memory(shape)
+    if host is not None:
+        line += (f"; optimizer offloaded: {host:.0f} GiB of host RAM per process, "
+                 f"{host * gpus_per_node:.0f} GiB per node of {gpus_per_node} GPUs")
+    return line

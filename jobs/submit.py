@@ -104,7 +104,7 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
                 raise SystemExit(f"bad samples found (full list: {job_dir / 'validation.json'}); fix them or pass --on_bad_sample skip")
         procs = int(r.launch.get("nodes", 1)) * int(r.launch.get("gpus_per_node", 1))
         lines.append(check_global_batch(cfg, procs, r.job.get("global_batch_size")))
-        lines.append(estimate_memory_line(cfg, procs, report.lengths if report else []))
+        lines.append(estimate_memory_line(cfg, procs, report.lengths if report else [], int(r.launch.get("gpus_per_node", 1))))
         task = TrainTask(job, r.values, r.launch.get("platform"), report)
         resolved_config = {"job": job, **r.values}
 

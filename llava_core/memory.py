@@ -39,6 +39,14 @@ HIDDEN_BYTES_COMPILED_BF16 = 12
 HIDDEN_BYTES_COMPILED_FP32_RESIDUAL = 16
 INTERMEDIATE_BYTES_COMPILED = 4
 WORKSPACE = 1.5 * GIB
+# Host memory of one rank whose optimizer DeepSpeed offloads (ZeRO-2/3 offload_optimizer): fp32
+# master weights, fp32 gradients and Adam's two moments of its partition, 16 bytes per parameter,
+# plus a bf16 copy of its gradients when it accumulates over micro batches (+2); the process itself
+# adds ~15 GiB (measured: 116 GiB resident for a 6.76B partition, 101 GiB of it states;
+# docs/performance.md).
+OFFLOAD_BYTES = 16
+OFFLOAD_ACCUMULATION_BYTES = 2
+HOST_PROCESS_OVERHEAD = 15 * GIB
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class JobShape:
         checkpointed_layers: decoder layers under gradient checkpointing.
         compiled: decoder layers run through torch.compile (saves fewer activations).
         images: images in one micro batch.
+        accumulation_steps: micro batches per optimizer step (host memory under offload).
     """
 
     vision_params: int
@@ -82,6 +91,7 @@ class JobShape:
     world_size: int = 1
     checkpointed_layers: int = 0
     compiled: bool = False
+    accumulation_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,15 @@ def estimate_peak_memory(job: JobShape) -> MemoryEstimate:
     parts["workspace"] = WORKSPACE
     total = sum(parts.values())
     return MemoryEstimate(total / GIB, {name: value / GIB for name, value in parts.items()})
+
+
+def estimate_host_memory(job: JobShape) -> float | None:
+    """Predicted host memory (GiB) of one rank with optimizer offload; None without offload."""
+    if not job.offload_optimizer:
+        return None
+    trainable, _ = _trainable_and_frozen(job)
+    per_param = OFFLOAD_BYTES + (OFFLOAD_ACCUMULATION_BYTES if job.accumulation_steps > 1 else 0)
+    return (per_param * trainable / job.world_size + HOST_PROCESS_OVERHEAD) / GIB
 
 
 def checkpointed_layers_needed(job: JobShape, budget_gib: float) -> int | None:

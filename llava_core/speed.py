@@ -150,6 +150,7 @@ def job_shape(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]
         lora_params=trainable - projector if train == "lora" else 0,
         precision="deepspeed_bf16" if cfg.deepspeed else "autocast", zero_stage=stage, offload_optimizer=offload,
         world_size=int(os.environ.get("WORLD_SIZE", "1")), compiled=cfg.compile_layers,
+        accumulation_steps=cfg.gradient_accumulation_steps,
     )
 
 

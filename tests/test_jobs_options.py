@@ -95,3 +95,15 @@ def test_a_model_preset_picks_the_stage_from_the_job():
     assert train_config(resolve("llava15-7b", None, {}, job="finetune").values).learning_rate == 2e-5
     with pytest.raises(ValueError, match="no such preset; did you mean"):
         resolve("llava15-7", None, {}, job="finetune")
+
+
+def test_dry_run_states_the_host_ram_an_offloaded_optimizer_needs(tiny_values, tmp_path, capsys):
+    from jobs.submit import main
+
+    flags = {**tiny_values, "output_dir": str(tmp_path / "job"), "deepspeed": "zero2_offload", "executor": "local"}
+    main("finetune", preset="tiny", gpus_per_node=2, dry_run=True, **flags)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("memory estimate"))
+    assert "GiB of host RAM per process" in line and "per node of 2 GPUs" in line
+    main("finetune", preset="tiny", dry_run=True, **{**flags, "deepspeed": "zero2"})
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("memory estimate"))
+    assert "host RAM" not in line
