@@ -20,11 +20,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def _config(root, out, **kw):
-    return TrainConfig(model_name_or_path=str(root / "model"), version="v1",
-                       data_path=str(root / "pairs.json"), image_folder=str(root / "images"),
-                       output_dir=str(out), per_device_train_batch_size=2, max_steps=3,
-                       learning_rate=1e-3, warmup_ratio=0.0, logging_steps=1, save_strategy="no",
-                       model_max_length=256, deepspeed=str(zero_config_path("zero3")), **kw)
+    values = dict(model_name_or_path=str(root / "model"), version="v1",
+                  data_path=str(root / "pairs.json"), image_folder=str(root / "images"),
+                  output_dir=str(out), per_device_train_batch_size=2, max_steps=3,
+                  learning_rate=1e-3, warmup_ratio=0.0, logging_steps=1, save_strategy="no",
+                  model_max_length=256, deepspeed=str(zero_config_path("zero3")))
+    return TrainConfig(**{**values, **kw})
 
 
 def _rank(rank, world, port, cfg):
@@ -89,3 +90,18 @@ def test_zero3_lora_adapter_reference(root):
     logs = [r for r in read_metrics(out) if "loss" in r]
     assert len(logs) == 3
     assert logs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)   # fresh adapters == reference
+
+
+def test_zero3_text_only_pair_beside_image_pairs(root):
+    """One text-only pair among image pairs, one pair per rank and step: at some step (and in the
+    reference pass) one rank has no image while the other has; both must still run the tower."""
+    pairs = json.loads((root / "pairs.json").read_text())
+    pairs[3] = {"id": "text", "conversations": [{"from": "human", "value": "is there a red circle ?"}],
+                "chosen": "no", "rejected": "yes"}
+    (root / "pairs_text.json").write_text(json.dumps(pairs))
+    out = root / "text"
+    _spawn(_config(root, out, data_path=str(root / "pairs_text.json"), per_device_train_batch_size=1,
+                   max_steps=4))
+    assert (out / "final" / "config.json").is_file()
+    assert sorted(torch.load(out / REFERENCE_FILE)) == list(range(8))
+    assert len([r for r in read_metrics(out) if "loss" in r]) == 4   # every pair of the epoch
