@@ -2,7 +2,8 @@
 
 Generates the tiny LLaVA parts and the shapes data (once, under ``<runs>/assets``), then runs
 stage-1 pretraining, stage-2 finetuning and a POPE-style evaluation as three ordinary jobs
-(the local executor, the same code a Slurm node runs) and prints a results table.
+(the local executor, the same code a Slurm node runs) and prints a results table. ``--with-dpo``
+adds HA-DPO on pairs from the finetuned model's own answers and evaluates again.
 """
 from __future__ import annotations
 
@@ -50,11 +51,28 @@ def _final_loss(job_dir: Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def _pope(submit, model: Path, out: Path, assets: dict[str, str], executor: str) -> dict[str, Any]:
-    submit("eval", task="pope", model=str(model), data=assets["pope"], output_dir=str(out),
-           image_folder=assets["image_folder"], split="random,popular,adversarial", version="chat_template",
-           prompt_suffix="", max_new_tokens=4, batch_size=32, executor=executor)
+def _pope(submit, model: Path, out: Path, data: str, image_folder: str, executor: str) -> dict[str, Any]:
+    submit("eval", task="pope", model=str(model), data=data, output_dir=str(out), image_folder=image_folder,
+           split="random,popular,adversarial", version="chat_template", prompt_suffix="", max_new_tokens=4,
+           batch_size=32, executor=executor)
     return json.loads((out / "eval" / "pope.json").read_text())["metrics"]
+
+
+def _dpo(submit, root: Path, executor: str) -> dict[str, Any]:
+    """HA-DPO on the finetuned model: it answers yes/no questions about every shape on new images,
+    its answers become preference pairs (hallucinations weighted up), description pairs join them,
+    then a ``dpo-tiny`` job. Returns the pair counts."""
+    from llava_core.demo_dpo import pairs_from_answers, write_dpo_data
+
+    data = write_dpo_data(root / "dpo-images", root, n_images=800)
+    _pope(submit, root / "finetune" / "final", root / "dpo-answers", str(data["questions"]),
+          str(root / "dpo-images"), executor)
+    counts = pairs_from_answers(data["questions"], root / "dpo-answers" / "eval" / "pope.json",
+                                root / "dpo_pairs.json", description_pairs=data["descriptions"])
+    submit("dpo", preset="dpo-tiny", model_name_or_path=str(root / "finetune" / "final"),
+           data_path=str(root / "dpo_pairs.json"), image_folder=str(root / "dpo-images"),
+           output_dir=str(root / "dpo"), executor=executor)
+    return counts
 
 
 def run_demo(runs: str = "runs", executor: str = "local", with_dpo: bool = False, **overrides: Any) -> dict[str, Any]:
@@ -81,23 +99,22 @@ def run_demo(runs: str = "runs", executor: str = "local", with_dpo: bool = False
            pretrain_mm_mlp_adapter=str(root / "pretrain" / "mm_projector.bin"), **common, **overrides)
     stages["finetune"] = time.time() - t
     t = time.time()
-    pope = _pope(submit, root / "finetune" / "final", root / "eval", assets, executor)
+    pope = _pope(submit, root / "finetune" / "final", root / "eval", assets["pope"], assets["image_folder"], executor)
     stages["eval"] = time.time() - t
-    after_dpo = None
+    after_dpo = dpo_pairs = None
     if with_dpo:
-        from llava_core.demo_dpo import write_dpo_pairs
-
         t = time.time()
-        pairs = write_dpo_pairs(root / "dpo-images", root / "dpo_pairs.json", n_images=800)
-        submit("dpo", preset="dpo-tiny", model_name_or_path=str(root / "finetune" / "final"), data_path=str(pairs),
-               image_folder=str(root / "dpo-images"), output_dir=str(root / "dpo"), executor=executor)
+        dpo_pairs = _dpo(submit, root, executor)
         stages["dpo"] = time.time() - t
-        after_dpo = _pope(submit, root / "dpo" / "final", root / "eval-dpo", assets, executor)
+        t = time.time()
+        after_dpo = _pope(submit, root / "dpo" / "final", root / "eval-dpo", assets["pope"], assets["image_folder"],
+                          executor)
+        stages["eval-dpo"] = time.time() - t
 
     summary = {"job_dir": str(root), "seconds": {"assets": round(t_assets, 1), **{k: round(v, 1) for k, v in stages.items()},
                                                  "total": round(time.time() - t0, 1)},
                "final_loss": {"pretrain": _final_loss(root / "pretrain"), "finetune": _final_loss(root / "finetune")},
-               "pope": pope, "pope_after_dpo": after_dpo}
+               "pope": pope, "dpo_pairs": dpo_pairs, "pope_after_dpo": after_dpo}
     atomic_write_json(root / "summary.json", summary)
     print_summary(summary)
     return summary
@@ -114,13 +131,19 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row(stage, f"{seconds:.1f}", f"{loss:.3f}" if loss is not None else "")
     console.print(table)
     pope = Table(title="POPE-style yes/no on held-out images (chance: 0.50)")
-    for col in ("split", "accuracy", "precision", "recall", "F1", "yes-ratio"):
+    with_dpo = bool(summary.get("pope_after_dpo"))
+    for col in ("split", *(["model"] if with_dpo else []), "accuracy", "precision", "recall", "F1", "yes-ratio",
+                "yes on absent"):
         pope.add_column(col)
-    if summary.get("pope_after_dpo"):
-        pope.add_column("model")
-    for model, key in (("finetuned", "pope"), ("after DPO", "pope_after_dpo")):
+    for model, key in (("finetuned", "pope"), ("+ DPO", "pope_after_dpo")):
         for split, m in (summary.get(key) or {}).items():
             if isinstance(m, dict) and "accuracy" in m:
-                row = [split, *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))]
-                pope.add_row(*row, *([model] if summary.get("pope_after_dpo") else []))
+                pope.add_row(split, *([model] if with_dpo else []),
+                             *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")),
+                             f"{m['FP']}/{m['FP'] + m['TN']}")
     console.print(pope)
+    if summary.get("dpo_pairs"):
+        c = summary["dpo_pairs"]
+        console.print(f"DPO pairs: {c['pairs']}: {c['pope_pairs']} yes/no from the finetuned model's answers to "
+                      f"{c['questions']} questions on new images ({c['hallucinations']} hallucinations, repeated; "
+                      f"{c['misses']} misses), {c['description_pairs']} description pairs")

@@ -28,7 +28,7 @@ def test_hadpo_preset_is_the_published_recipe():
 def test_tiny_dpo_preset_validates():
     cfg, dpo = dpo_settings(_preset("dpo-tiny") | {"model_name_or_path": "m", "data_path": "p.json",
                                                      "output_dir": "o"})
-    assert cfg.unfreeze_mm_vision_tower and not cfg.lora_enable and dpo["beta"] == 0.1
+    assert cfg.unfreeze_mm_vision_tower and not cfg.lora_enable and dpo["beta"] == 0.5
 
 
 def test_dpo_settings_errors_name_the_flag():
