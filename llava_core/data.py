@@ -279,6 +279,40 @@ class Collator:
         return batch
 
 
+def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, image: torch.Tensor) -> dict[str, Any]:
+    """``batch`` plus one black ``image`` (1, C, H, W) behind ``n_tokens`` image placeholders whose
+    labels are ignored: an extra right-padded row of a padded batch (``Collator``), an extra segment
+    of a packed one (``PackingCollator``). The loss is unchanged, and the model runs its vision tower
+    and projector, which a rank with a text-only batch must do when others have images: under ZeRO-3
+    every rank gathers the same parameters in the same order, and their gradients (zeros here) are
+    reduced together."""
+    ids = batch["input_ids"]
+    row = torch.full((1, n_tokens), image_token_id, dtype=ids.dtype, device=ids.device)
+    out = {**batch, "pixel_values": image}
+    if "cu_seq_lens_q" in batch:
+        out["input_ids"] = torch.cat([ids, row], 1)
+        out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(n_tokens, device=ids.device)[None]], 1)
+        bounds = batch["cu_seq_lens_q"]
+        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = torch.cat([bounds, bounds[-1:] + n_tokens])
+        out["max_length_q"] = out["max_length_k"] = max(batch["max_length_q"], n_tokens)
+        if "labels" in batch:
+            out["labels"] = torch.cat([batch["labels"], torch.full_like(row, IGNORE_INDEX)], 1)
+        if "logits_to_keep" in batch:
+            out["logits_to_keep"] = torch.cat([batch["logits_to_keep"], torch.zeros_like(row, dtype=torch.bool)], 1)
+        return out
+    width = max(ids.shape[1], n_tokens)
+
+    def stack(tensor: torch.Tensor, extra: torch.Tensor, pad: int) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (tensor, extra)])
+
+    out["input_ids"] = stack(ids, row, 0)
+    if "attention_mask" in batch:
+        out["attention_mask"] = stack(batch["attention_mask"], torch.ones_like(row), 0)
+    if "labels" in batch:
+        out["labels"] = stack(batch["labels"], torch.full_like(row, IGNORE_INDEX), IGNORE_INDEX)
+    return out
+
+
 class ModalityLengthGroupedSampler(Sampler[int]):
     """LLaVA's ``group_by_modality_length``: image and text-only samples never share a batch, and
     each megabatch (batch x world x accumulation) is sorted by length. Deterministic per (seed, epoch).

@@ -113,27 +113,14 @@ class DPOTrainer(LlavaTrainer):
         mask = _pad_cat(inputs["chosen_attention_mask"], inputs["rejected_attention_mask"], 0)
         pixels = torch.cat([inputs["pixel_values"]] * 2) if "pixel_values" in inputs else None
         if pixels is None and self.args.world_size > 1:
-            ids, mask, pixels = self._dummy_image_row(model, ids, mask)
+            blank = self.with_blank_image(model, {"input_ids": ids, "attention_mask": mask})
+            ids, mask, pixels = blank["input_ids"], blank["attention_mask"], blank["pixel_values"]
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
         labels = _pad_cat(inputs["chosen_labels"], inputs["rejected_labels"], IGNORE_INDEX)
-        logps, counts = sequence_logps(out.logits[:2 * n], labels)
+        logps, counts = sequence_logps(out.logits[:2 * n, :labels.shape[1]], labels)  # a blank row may be wider
         if ids.shape[0] > 2 * n:
             logps = logps + out.logits[2 * n:].sum() * 0.0   # the tower gets a (zero) gradient too
         return logps[:n], logps[n:], counts[:n], counts[n:]
-
-    def _dummy_image_row(self, model, ids: torch.Tensor, mask: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Add a row of image tokens with a blank image to a text-only batch. Under ZeRO-3 every
-        rank must run the same modules in the same order (each gathers its parameters with the
-        others), so a rank without images runs the vision tower where the others do."""
-        llava = self.accelerator.unwrap_model(model)
-        llava = llava.get_base_model() if hasattr(llava, "get_base_model") else llava
-        v = llava.config.vision_config
-        k = n_image_tokens(llava.config, self.processing_class)
-        row = torch.full((1, k), llava.config.image_token_id, dtype=ids.dtype, device=ids.device)
-        image = torch.zeros(1, v.num_channels, v.image_size, v.image_size, device=ids.device,
-                            dtype=next(llava.model.multi_modal_projector.parameters()).dtype)
-        return _pad_cat(ids, row, 0), _pad_cat(mask, torch.ones_like(row), 0), image
 
     @torch.no_grad()
     def reference_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:

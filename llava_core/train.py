@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from llava_core.config import TrainConfig
 from llava_core.data import (
     Collator,
+    add_blank_image,
     Encoder,
     ImageLoader,
     LazySupervisedDataset,
@@ -190,23 +191,21 @@ class LlavaTrainer(Trainer):
         self.optimizer = cls(params, **kwargs)
         return self.optimizer
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if "pixel_values" in inputs or self.args.world_size == 1:
-            return out
-        # A batch without images on one rank must still run the vision tower and projector, or
-        # ZeRO-3's parameter gathers (and gradient reductions) on the ranks fall out of step.
+    def with_blank_image(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``inputs`` with a blank image behind ignored labels (``add_blank_image``): on several
+        ranks, a rank whose batch has no image must still run the vision tower and projector when
+        the others do, in the same place of the forward (ZeRO-3 gathers their parameters)."""
         llava = self.accelerator.unwrap_model(model)
         llava = llava.get_base_model() if hasattr(llava, "get_base_model") else llava
         v = llava.config.vision_config
-        dummy = torch.zeros(1, v.num_channels, v.image_size, v.image_size, device=inputs["input_ids"].device,
+        image = torch.zeros(1, v.num_channels, v.image_size, v.image_size, device=inputs["input_ids"].device,
                             dtype=next(llava.model.multi_modal_projector.parameters()).dtype)
-        feats = llava.model.get_image_features(pixel_values=dummy).pooler_output
-        zero = sum(f.sum() for f in feats) * 0.0
-        if return_outputs:
-            loss, outputs = out
-            return loss + zero, outputs
-        return out + zero
+        return add_blank_image(inputs, llava.config.image_token_id, n_image_tokens(llava.config, self.processing_class), image)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "pixel_values" not in inputs and self.args.world_size > 1:
+            inputs = self.with_blank_image(model, inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArguments:

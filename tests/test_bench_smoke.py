@@ -75,3 +75,29 @@ def test_host_memory_of_an_offloaded_optimizer_matches_the_measured_7b_run():
     assert 12 < accumulating - estimate_host_memory(job) < 13.5  # a bf16 copy of 6.76B gradients
     assert estimate_host_memory(JobShape(**{**job.__dict__, "world_size": 8})) < 30
     assert estimate_host_memory(JobShape(**{**job.__dict__, "offload_optimizer": False})) is None
+
+
+def test_a_blank_image_leaves_the_loss_of_padded_and_packed_batches_unchanged():
+    from llava_core.data import add_blank_image
+
+    spec = SPECS["tiny"]
+    dataset = SyntheticLlavaDataset(spec, "stage2", 6, seed=11, max_length=512)
+    text_only = [s for s in (dataset[i] for i in range(6)) if "pixel_values" not in s]
+    model = build_llava(spec, "cpu", torch.float32, seed=1)
+    image = torch.zeros(1, 3, spec.image_size, spec.image_size)
+
+    padded = padded_collate(text_only)
+    blank = add_blank_image(padded, spec.image_token_id, spec.image_tokens, image)
+    assert blank["input_ids"].shape[0] == padded["input_ids"].shape[0] + 1
+    torch.testing.assert_close(model(**blank).loss, model(**padded).loss)
+
+    use_varlen_attention(model)
+    packed = PackingCollator(pad_token_id=0)(text_only)
+    blank = add_blank_image(packed, spec.image_token_id, spec.image_tokens, image)
+    assert blank["cu_seq_lens_q"][-1] == blank["input_ids"].shape[1] == packed["input_ids"].shape[1] + spec.image_tokens
+    losses = []
+    for batch in (packed, blank):
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        losses.append(packed_causal_lm_loss(model(**batch), labels))
+    torch.testing.assert_close(losses[1], losses[0])
