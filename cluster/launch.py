@@ -15,6 +15,7 @@ import importlib
 import json
 import re
 import shutil
+import subprocess
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,10 +243,21 @@ def get_executor(name: str) -> Executor:
 
 
 def resolve_executor(name: str) -> str:
-    """``auto`` -> ``slurm`` when ``sbatch`` is on PATH, else ``local``; other names unchanged."""
+    """``auto`` -> ``local`` without ``sbatch`` on PATH, ``slurm`` when a Slurm controller answers
+    (``sinfo``); with ``sbatch`` but no controller, an error rather than training on a login node."""
     if name != "auto":
         return name
-    return "slurm" if shutil.which("sbatch") else "local"
+    if not shutil.which("sbatch"):
+        return "local"
+    try:
+        answered = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
+                                  timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        answered = False
+    if not answered:
+        raise ValueError("--executor auto: sbatch is on PATH but no Slurm controller answers (sinfo failed); "
+                         "pass --executor local to run on this machine, or --executor slurm once Slurm is up")
+    return "slurm"
 
 
 class JobFailed(RuntimeError):

@@ -151,4 +151,7 @@ class _EvalTask:
 
 
 if __name__ == "__main__":
-    fire.Fire(main, name="jobs.submit")
+    try:
+        fire.Fire(main, name="jobs.submit")
+    except ValueError as e:  # bad flags, configs and data: the message names them, a traceback adds nothing
+        raise SystemExit(f"jobs.submit: {e}") from None

@@ -133,3 +133,18 @@ def test_stop_signal_must_stay_usr2(tmp_path):
     assert LaunchSpec(job_dir=tmp_path, name="x", sbatch={"signal": "USR2@600"}).sbatch["signal"] == "USR2@600"
     with pytest.raises(ValueError, match="must be USR2"):
         LaunchSpec(job_dir=tmp_path, name="x", sbatch={"signal": "USR1@90"})
+
+
+def test_auto_executor_uses_slurm_only_when_its_controller_answers(tmp_path, monkeypatch):
+    from cluster.launch import resolve_executor
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert resolve_executor("auto") == "local"  # no sbatch
+    for tool in ("sbatch", "sinfo"):
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    with pytest.raises(ValueError, match="no Slurm controller answers"):
+        resolve_executor("auto")
+    (tmp_path / "sinfo").write_text("#!/bin/sh\necho gpu\n")
+    assert resolve_executor("auto") == "slurm"
+    assert resolve_executor("local") == "local"
