@@ -122,7 +122,7 @@ def run_demo(runs: str = "runs", executor: str = "local", with_dpo: bool = False
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The demo's results table."""
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 120)  # logs and pipes: all columns
     table = Table(title=f"llava-cluster demo: {summary['job_dir']}")
     for col in ("stage", "seconds", "final loss"):
         table.add_column(col)
