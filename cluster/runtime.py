@@ -86,6 +86,7 @@ class RankTask:
             # done: a late stop signal must not kill the process while it exits (Python restores
             # the default action of the signals it handles when the interpreter shuts down)
             preemption.ignore()
+            _destroy_process_group()
         except SystemExit:
             raise
         except BaseException:
@@ -98,6 +99,15 @@ class RankTask:
             atomic_write_bytes(ctx.result_path, cloudpickle.dumps(result))
         print(f"[cluster] rank {rank} finished at {_now()}", flush=True)
         return result
+
+
+def _destroy_process_group() -> None:
+    """Destroy torch.distributed's default group if the task made one: left to interpreter
+    shutdown, gloo's worker threads can abort a rank that finished its work (std::terminate,
+    exit code 134; seen once in CI on a 2-process ZeRO-3 offload run)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _now() -> str:

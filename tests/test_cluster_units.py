@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -148,3 +150,30 @@ def test_auto_executor_uses_slurm_only_when_its_controller_answers(tmp_path, mon
     (tmp_path / "sinfo").write_text("#!/bin/sh\necho gpu\n")
     assert resolve_executor("auto") == "slurm"
     assert resolve_executor("local") == "local"
+
+
+def test_a_rank_task_destroys_the_process_group_its_function_made(tmp_path):
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = f"""
+import torch.distributed as dist
+from pathlib import Path
+from cluster.runtime import RankContext, RankTask
+
+def work():
+    dist.init_process_group("gloo")
+    return dist.get_world_size()
+
+ctx = RankContext(job_dir=Path({str(tmp_path)!r}), executor="local", result_path=Path({str(tmp_path)!r}) / "result.pkl")
+assert RankTask(ctx, work)() == 1
+print("still initialized:", dist.is_initialized())
+"""
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "still initialized: False" in (tmp_path / "logs" / "rank0.log").read_text()
