@@ -26,6 +26,7 @@ from typing import Callable
 import cloudpickle
 
 from cluster.launch import JobHandle, LaunchSpec, read_record, write_record
+from cluster.local_executor import failed_ranks
 from cluster.runtime import RankContext, RankTask, atomic_write_bytes, atomic_write_text
 
 DEFAULT_IMAGES = {"cuda": "llava-cluster:cuda", "rocm": "llava-cluster:rocm", "dcu": "llava-cluster:dcu",
@@ -179,7 +180,7 @@ class DockerExecutor:
                 state = {**state, "state": "FAILED",
                          "reason": f"the container ended (exit code {ended}) without a final state"}
         return {"state": state["state"], "nodes": [record["container_name"]],
-                "restarts": state.get("restarts", 0),
+                "restarts": state.get("restarts", 0), "failed_ranks": failed_ranks(state),
                 **({"reason": state["reason"]} if "reason" in state else {})}
 
     def cancel(self, job_dir: Path, record: dict) -> None:

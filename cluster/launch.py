@@ -15,6 +15,7 @@ import importlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time as _time
 from dataclasses import dataclass, field
@@ -287,7 +288,7 @@ class JobHandle:
                 raise TimeoutError(f"job {self.job_id} still {info['state']} after {timeout} s")
             _time.sleep(poll_s)
         if info["state"] != "COMPLETED":
-            detail = info.get("traceback") or f"no traceback; see {self.job_dir / 'logs'}"
+            detail = info.get("traceback") or info.get("exits") or f"no traceback; see {self.job_dir / 'logs'}"
             raise JobFailed(f"job {self.job_id} ({self.job_dir}) ended {info['state']}:\n{detail}")
         result = Path(read_record(self.job_dir)["result_path"])
         if not result.exists():
@@ -331,10 +332,23 @@ def _tracebacks(job_dir: Path) -> str | None:
     return "\n".join(f"--- {f.stem} ---\n{f.read_text()}" for f in files)
 
 
+def describe_exits(job_dir: Path, failed_ranks: dict[int, int], tail_lines: int = 15) -> str:
+    """For ranks that failed without a traceback (a signal, a C++ abort, ``os._exit``), given as
+    ``{rank: exit status}``: the status, the signal's name and the last lines of the rank's log."""
+    parts = []
+    for rank, code in sorted(failed_ranks.items()):
+        number = -code if code < 0 else code - 128 if code > 128 else None
+        name = f" ({signal.Signals(number).name})" if number in signal.valid_signals() else ""
+        log = Path(job_dir) / "logs" / f"rank{rank}.log"
+        tail = log.read_text(errors="replace").splitlines()[-tail_lines:] if log.exists() else []
+        parts.append(f"rank {rank} exited with status {code}{name}; last lines of {log}:\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
 def job_state(job_dir: Path) -> dict:
     """State of the job in ``job_dir``: ``state`` (Slurm's vocabulary), ``job_id``, ``executor``,
     ``nodes`` (host names when known), ``world_size``, ``restarts``, ``time_left`` and, for a
-    failed job, ``traceback``."""
+    failed job, ``traceback`` or, where no rank left one, ``exits`` (:func:`describe_exits`)."""
     record = read_record(job_dir)
     info = {"job_id": record["job_id"], "executor": record["executor"], "name": record.get("name"),
             "world_size": record.get("world_size"), "nodes": [], "num_nodes": record.get("nodes"),
@@ -344,6 +358,8 @@ def job_state(job_dir: Path) -> dict:
         tb = _tracebacks(job_dir)
         if tb:
             info["traceback"] = tb
+        elif info.get("failed_ranks"):
+            info["exits"] = describe_exits(job_dir, info["failed_ranks"])
     return info
 
 

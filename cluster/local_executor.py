@@ -97,6 +97,7 @@ class LocalExecutor:
             state["reason"] = "the supervisor process ended without recording a final state"
         return {"state": state["state"], "nodes": [socket.gethostname()] if state.get("pids") else [],
                 "restarts": state.get("restarts", 0), "pids": state.get("pids", []),
+                "failed_ranks": failed_ranks(state),
                 **({"reason": state["reason"]} if "reason" in state else {})}
 
     def cancel(self, job_dir: Path, record: dict) -> None:
@@ -110,6 +111,14 @@ class LocalExecutor:
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
             _write_state(job_dir, {"state": "CANCELLED", "ended": _now(), "reason": "killed"})
+
+
+def failed_ranks(state: dict) -> dict[int, int]:
+    """``{rank: exit status}`` of the ranks that failed on their own in the supervisor's ``state``
+    (not those it stopped because another rank failed)."""
+    stopped = state.get("stopped_ranks", [])
+    return {rank: code for rank, code in enumerate(state.get("returncodes", []))
+            if code not in (0, REQUEUE_EXIT_CODE) and rank not in stopped}
 
 
 def _write_state(job_dir: Path, state: dict) -> None:
@@ -142,8 +151,9 @@ def supervise(job_dir: Path, nprocs: int) -> int:
                 stdin=subprocess.DEVNULL, env=env))
         state["pids"] = [p.pid for p in procs]
         _write_state(job_dir, state)
-        codes = _wait_ranks(procs, lambda: cancelled)
+        codes, stopped = _wait_ranks(procs, lambda: cancelled)
         state["returncodes"] = codes
+        state["stopped_ranks"] = stopped
         if cancelled:
             state.update(state="CANCELLED", ended=_now())
         elif all(c == 0 for c in codes):
@@ -158,22 +168,25 @@ def supervise(job_dir: Path, nprocs: int) -> int:
         return 0 if state["state"] == "COMPLETED" else 1
 
 
-def _wait_ranks(procs: list[subprocess.Popen], cancelled: Callable[[], bool]) -> list[int]:
-    """Wait for all ranks; on a failed rank or a cancel, terminate the others (then kill)."""
+def _wait_ranks(procs: list[subprocess.Popen], cancelled: Callable[[], bool]) -> tuple[list[int], list[int]]:
+    """Wait for all ranks; on a failed rank or a cancel, terminate the others (then kill).
+    Returns the exit statuses and the ranks this function stopped."""
     stop_at = None
+    stopped = []
     while any(p.poll() is None for p in procs):
         failed = any(p.returncode not in (None, 0, REQUEUE_EXIT_CODE) for p in procs)
         if (failed or cancelled()) and stop_at is None:
             stop_at = time.monotonic() + 10
-            for p in procs:
+            for rank, p in enumerate(procs):
                 if p.poll() is None:
                     p.terminate()
+                    stopped.append(rank)
         if stop_at is not None and time.monotonic() > stop_at:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
-    return [p.returncode for p in procs]
+    return [p.returncode for p in procs], stopped
 
 
 def _run_rank(job_dir: Path) -> None:

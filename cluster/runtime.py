@@ -2,11 +2,13 @@
 
 Order matters: distributed variables first (they name the log file), then the per-rank log, then
 the environment (``OMP_NUM_THREADS`` before anything imports torch), then the user's callable is
-unpickled and called. After it returns, a stop request from the scheduler turns into a requeue.
+unpickled and called. After it returns, a stop request from the scheduler turns into a requeue;
+otherwise rank 0 writes the result and the process exits at once (:func:`_exit_without_teardown`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NoReturn
 
 import cloudpickle
 
@@ -61,14 +64,15 @@ class RankTask:
     """The picklable object every executor runs once per rank: ``RankTask(ctx, fn)()``.
 
     ``fn`` is kept as cloudpickle bytes so that unpickling it (which may import torch) happens
-    only after the environment is set.
+    only after the environment is set. It is the last thing its process runs: on success it ends
+    the process (status 0) instead of returning; rank 0's return value is in ``ctx.result_path``.
     """
 
     def __init__(self, ctx: RankContext, fn: object) -> None:
         self.ctx = ctx
         self.fn_bytes = cloudpickle.dumps(fn)
 
-    def __call__(self) -> object:
+    def __call__(self) -> NoReturn:
         ctx = self.ctx
         preemption.install()
         if ctx.executor == "slurm":
@@ -98,13 +102,24 @@ class RankTask:
         if rank == 0:
             atomic_write_bytes(ctx.result_path, cloudpickle.dumps(result))
         print(f"[cluster] rank {rank} finished at {_now()}", flush=True)
-        return result
+        _exit_without_teardown()
+
+
+def _exit_without_teardown() -> NoReturn:
+    """End a rank that finished its work with status 0: run the ``atexit`` handlers (wandb's
+    finish, logging's flush), flush stdio, then ``os._exit``. The interpreter's own teardown is
+    skipped: what libraries leave behind there (C++ destructors, gloo's and DeepSpeed's threads,
+    a non-daemon thread that never ends) can abort or hang a rank whose checkpoints and results
+    are written. CI saw it twice on 2-process ZeRO-3 offload runs: std::terminate (status 134),
+    then, with the process group destroyed first, a finished rank 1 ending with no traceback."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _destroy_process_group() -> None:
-    """Destroy torch.distributed's default group if the task made one: left to interpreter
-    shutdown, gloo's worker threads can abort a rank that finished its work (std::terminate,
-    exit code 134; seen once in CI on a 2-process ZeRO-3 offload run)."""
+    """Destroy torch.distributed's groups if the task made them, so that peers see an orderly close."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -78,6 +78,8 @@ def describe(job_dir: Path) -> str:
     ]
     if info.get("traceback"):
         lines += ["", "remote traceback:", info["traceback"].rstrip()]
+    elif info.get("exits"):
+        lines += ["", "ranks that ended without a traceback:", info["exits"].rstrip()]
     return "\n".join(lines)
 
 

@@ -47,6 +47,18 @@ class Fail:
         dist.barrier()
 
 
+class Abort:
+    """Rank 1 prints a line and aborts (as a C++ library does: no Python traceback)."""
+
+    def __call__(self) -> None:
+        import signal
+
+        if int(os.environ["RANK"]) == 1:
+            print("about to abort", flush=True)
+            os.kill(os.getpid(), signal.SIGABRT)
+        time.sleep(30)
+
+
 class Sleep:
     """Sleeps ``seconds`` (a job to cancel)."""
 

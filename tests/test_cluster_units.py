@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+import cloudpickle
 import pytest
 
 from cluster import platform as platforms
@@ -152,7 +153,10 @@ def test_auto_executor_uses_slurm_only_when_its_controller_answers(tmp_path, mon
     assert resolve_executor("local") == "local"
 
 
-def test_a_rank_task_destroys_the_process_group_its_function_made(tmp_path):
+def test_a_finished_rank_exits_0_past_what_libraries_leave_behind(tmp_path):
+    """A thread that never ends (as a library may leave) neither hangs nor fails a finished rank;
+    atexit handlers (wandb's finish) still run, after the process group was destroyed, and rank 0's
+    result is written."""
     import socket
     import sys
 
@@ -160,20 +164,28 @@ def test_a_rank_task_destroys_the_process_group_its_function_made(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     script = f"""
-import torch.distributed as dist
+import atexit, threading, time
 from pathlib import Path
+import cloudpickle
+import torch.distributed as dist
 from cluster.runtime import RankContext, RankTask
+
+out = Path({str(tmp_path)!r})
 
 def work():
     dist.init_process_group("gloo")
+    threading.Thread(target=time.sleep, args=(3600,)).start()
+    atexit.register(lambda: (out / "atexit.txt").write_text(f"initialized={{dist.is_initialized()}}"))
     return dist.get_world_size()
 
-ctx = RankContext(job_dir=Path({str(tmp_path)!r}), executor="local", result_path=Path({str(tmp_path)!r}) / "result.pkl")
-assert RankTask(ctx, work)() == 1
-print("still initialized:", dist.is_initialized())
+RankTask(RankContext(job_dir=out, executor="local", result_path=out / "result.pkl"), work)()
+print("RankTask returned")
 """
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port)}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "still initialized: False" in (tmp_path / "logs" / "rank0.log").read_text()
+    log = (tmp_path / "logs" / "rank0.log").read_text()
+    assert "[cluster] rank 0 finished" in log and "RankTask returned" not in log
+    assert (tmp_path / "atexit.txt").read_text() == "initialized=False"
+    assert cloudpickle.loads((tmp_path / "result.pkl").read_bytes()) == 1

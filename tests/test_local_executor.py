@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cluster.launch import JobFailed, LaunchSpec, cancel, job_state, submit
-from tests.dist_callables import AllReduce, CountSteps, Fail, Sleep
+from tests.dist_callables import Abort, AllReduce, CountSteps, Fail, Sleep
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -47,6 +47,13 @@ def test_failure_reports_traceback_and_stops_other_ranks(tmp_path):
     state = job_state(handle.job_dir)
     assert state["state"] == "FAILED"
     assert "ValueError: deliberate failure on rank 1" in state["traceback"]
+
+
+def test_a_rank_killed_without_traceback_is_named_with_its_signal_and_log(tmp_path):
+    handle = submit(Abort(), _spec(tmp_path, "abort"))
+    with pytest.raises(JobFailed, match=r"rank 1 exited with status -6 \(SIGABRT\)") as failed:
+        handle.wait(timeout=120)
+    assert "about to abort" in str(failed.value) and "rank 0 exited" not in str(failed.value)
 
 
 def test_cancel_stops_all_processes(tmp_path):
