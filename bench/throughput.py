@@ -337,14 +337,19 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _run_in_subprocess(spec: RunSpec, out: Path) -> dict[str, Any] | None:
+def _run_in_subprocess(spec: RunSpec, out: Path, timeout_s: float | None = None) -> dict[str, Any] | None:
     name = f"{spec.model}-{spec.stage}-{spec.mode}"
     result_file = out / f"{name}.json"
     with open(out / f"{name}.log", "w") as log:
-        code = subprocess.call([sys.executable, "-m", "bench.throughput", "--one", json.dumps(asdict(spec)), "--result", str(result_file)],
-                               stdout=log, stderr=subprocess.STDOUT)
-    if code or not result_file.exists():
-        print(f"{name}: failed (exit {code}), see {out / (name + '.log')}", flush=True)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.throughput", "--one", json.dumps(asdict(spec)), "--result", str(result_file)],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            outcome = f"exit {proc.wait(timeout=timeout_s)}"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            outcome = f"killed after {timeout_s:.0f} s"
+    if outcome != "exit 0" or not result_file.exists():
+        print(f"{name}: failed ({outcome}), see {out / (name + '.log')}", flush=True)
         return None
     result = json.loads(result_file.read_text())
     if "profile_summary" in result:
@@ -368,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--loader", action="store_true", help="also measure the packed loader alone (images/s)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 2 steps per run, in-process")
+    parser.add_argument("--run-timeout", type=float, help="seconds one run may take before it is killed and reported failed")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -391,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 spec = RunSpec(args.model, stage, mode, batch, lr, args.warmup, args.steps, accum=args.accum,
                                profile=mode in args.profile.split(","), workers=args.workers, gpu_gib=args.gpu_gib)
-                result = _run_in_subprocess(spec, out)
+                result = _run_in_subprocess(spec, out, args.run_timeout)
                 if result:
                     results.append(result)
                     print(table([result]).splitlines()[-1], flush=True)

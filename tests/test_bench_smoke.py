@@ -7,7 +7,7 @@ import torch
 
 from bench.data import SyntheticLlavaDataset, padded_collate
 from bench.models import SPECS, build_llava
-from bench.throughput import COLUMNS, main
+from bench.throughput import COLUMNS, RunSpec, _run_in_subprocess, main
 from llava_core.memory import JobShape, checkpointed_layers_needed, estimate_peak_memory
 from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
 
@@ -24,6 +24,13 @@ def test_smoke_runs_both_modes_and_prints_the_table(tmp_path, capsys):
         assert r["tokens_s"] > 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| model"))
     assert header.split(" | ")[1:4] == ["stage", "mode", "batch"] and "speedup" in header
+
+
+def test_a_run_past_its_timeout_is_killed_and_reported_failed(tmp_path, capsys):
+    spec = RunSpec("tiny", "stage2", "ours", batch=4, lr=1e-3, warmup=1, steps=100_000, workers=0, device="cpu")
+    assert _run_in_subprocess(spec, tmp_path, timeout_s=5) is None
+    assert "tiny-stage2-ours: failed (killed after 5 s)" in capsys.readouterr().out
+    assert not (tmp_path / "tiny-stage2-ours.json").exists()
 
 
 def test_packed_batch_gives_the_padded_loss_and_gradients():
