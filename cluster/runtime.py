@@ -3,7 +3,7 @@
 Order matters: distributed variables first (they name the log file), then the per-rank log, then
 the environment (``OMP_NUM_THREADS`` before anything imports torch), then the user's callable is
 unpickled and called. After it returns, a stop request from the scheduler turns into a requeue;
-otherwise rank 0 writes the result and the process exits at once (:func:`_exit_without_teardown`).
+otherwise rank 0 writes the result and the process exits at once (:func:`exit_without_teardown`).
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ class RankTask:
         if rank == 0:
             atomic_write_bytes(ctx.result_path, cloudpickle.dumps(result))
         print(f"[cluster] rank {rank} finished at {_now()}", flush=True)
-        _exit_without_teardown()
+        exit_without_teardown()
 
 
-def _exit_without_teardown() -> NoReturn:
+def exit_without_teardown() -> NoReturn:
     """End a rank that finished its work with status 0: run the ``atexit`` handlers (wandb's
     finish, logging's flush), flush stdio, then ``os._exit``. The interpreter's own teardown is
     skipped: what libraries leave behind there (C++ destructors, gloo's and DeepSpeed's threads,

@@ -29,6 +29,7 @@ def _config(root, out, **kw):
 
 
 def _rank(rank, world, port, cfg):
+    from cluster.runtime import exit_without_teardown
     from llava_core.dpo import train_dpo
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
@@ -36,6 +37,7 @@ def _rank(rank, world, port, cfg):
                       OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
     train_dpo(cfg, beta=0.1, loss_type="sigmoid")
+    exit_without_teardown()  # as the executors end a rank (DeepSpeed's teardown aborted finished ranks)
 
 
 def _spawn(cfg):
