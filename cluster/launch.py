@@ -244,21 +244,24 @@ def get_executor(name: str) -> Executor:
 
 
 def resolve_executor(name: str) -> str:
-    """``auto`` -> ``local`` without ``sbatch`` on PATH, ``slurm`` when a Slurm controller answers
-    (``sinfo``); with ``sbatch`` but no controller, an error rather than training on a login node."""
+    """``auto`` -> ``local`` without ``sbatch`` on PATH or where the Slurm client has no
+    configuration (no slurm.conf, no configless server: installed, not set up); ``slurm`` when a
+    Slurm controller answers (``sinfo``); with a configured client but no controller, an error
+    rather than training on a login node."""
     if name != "auto":
         return name
     if not shutil.which("sbatch"):
         return "local"
     try:
-        answered = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True,
-                                  timeout=30).returncode == 0
+        sinfo = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        answered = False
-    if not answered:
-        raise ValueError("--executor auto: sbatch is on PATH but no Slurm controller answers (sinfo failed); "
-                         "pass --executor local to run on this machine, or --executor slurm once Slurm is up")
-    return "slurm"
+        sinfo = None
+    if sinfo is not None and sinfo.returncode == 0:
+        return "slurm"
+    if sinfo is not None and "Could not establish a configuration source" in sinfo.stderr:
+        return "local"
+    raise ValueError("--executor auto: sbatch is on PATH but no Slurm controller answers (sinfo failed); "
+                     "pass --executor local to run on this machine, or --executor slurm once Slurm is up")
 
 
 class JobFailed(RuntimeError):

@@ -150,6 +150,10 @@ def test_auto_executor_uses_slurm_only_when_its_controller_answers(tmp_path, mon
         resolve_executor("auto")
     (tmp_path / "sinfo").write_text("#!/bin/sh\necho gpu\n")
     assert resolve_executor("auto") == "slurm"
+    # the client installed (as the Slurm tests leave it) but no slurm.conf and no configless server
+    (tmp_path / "sinfo").write_text("#!/bin/sh\necho 'sinfo: fatal: Could not establish a configuration source' >&2\n"
+                                    "exit 1\n")
+    assert resolve_executor("auto") == "local"
     assert resolve_executor("local") == "local"
 
 
