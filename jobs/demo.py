@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from llava_core.console import console
 from llava_core.demo_assets import build_tiny_parts, generate_shapes
 from llava_core.io import atomic_write_json
 
@@ -122,14 +122,14 @@ def run_demo(runs: str = "runs", executor: str = "local", with_dpo: bool = False
 
 def print_summary(summary: dict[str, Any]) -> None:
     """The demo's results table."""
-    console = Console(width=None if Console().is_terminal else 120)  # logs and pipes: all columns
+    out = console()
     table = Table(title=f"llava-cluster demo: {summary['job_dir']}")
     for col in ("stage", "seconds", "final loss"):
         table.add_column(col)
     for stage, seconds in summary["seconds"].items():
         loss = summary["final_loss"].get(stage)
         table.add_row(stage, f"{seconds:.1f}", f"{loss:.3f}" if loss is not None else "")
-    console.print(table)
+    out.print(table)
     pope = Table(title="POPE-style yes/no on held-out images (chance: 0.50)")
     with_dpo = bool(summary.get("pope_after_dpo"))
     for col in ("split", *(["model"] if with_dpo else []), "accuracy", "precision", "recall", "F1", "yes-ratio",
@@ -141,9 +141,9 @@ def print_summary(summary: dict[str, Any]) -> None:
                 pope.add_row(split, *([model] if with_dpo else []),
                              *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")),
                              f"{m['FP']}/{m['FP'] + m['TN']}")
-    console.print(pope)
+    out.print(pope)
     if summary.get("dpo_pairs"):
         c = summary["dpo_pairs"]
-        console.print(f"DPO pairs: {c['pairs']}: {c['pope_pairs']} yes/no from the finetuned model's answers to "
-                      f"{c['questions']} questions on new images ({c['hallucinations']} hallucinations, repeated; "
-                      f"{c['misses']} misses), {c['description_pairs']} description pairs")
+        out.print(f"DPO pairs: {c['pairs']}: {c['pope_pairs']} yes/no from the finetuned model's answers to "
+                  f"{c['questions']} questions on new images ({c['hallucinations']} hallucinations, repeated; "
+                  f"{c['misses']} misses), {c['description_pairs']} description pairs")

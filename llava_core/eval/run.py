@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from llava_core.config import PROMPT_VERSIONS
+from llava_core.console import console
 from llava_core.conversation import generation_prompt
 from llava_core.eval.caption import read_coco_captions
 from llava_core.eval.generate import generate_answers, rank_and_world
@@ -106,7 +107,6 @@ def _dtype(name: str) -> torch.dtype:
 
 def print_table(task: str, metrics: dict[str, Any]) -> None:
     """The metrics as a rich table (one row per POPE split)."""
-    from rich.console import Console
     from rich.table import Table
 
     rows = metrics if task == "pope" else {task: metrics}
@@ -118,4 +118,4 @@ def print_table(task: str, metrics: dict[str, Any]) -> None:
     for name, row in rows.items():
         table.add_row(name, *(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
                               for c in columns))
-    Console().print(table)
+    console().print(table)
