@@ -110,8 +110,8 @@ def exit_without_teardown() -> NoReturn:
     finish, logging's flush), flush stdio, then ``os._exit``. The interpreter's own teardown is
     skipped: what libraries leave behind there (C++ destructors, gloo's and DeepSpeed's threads,
     a non-daemon thread that never ends) can abort or hang a rank whose checkpoints and results
-    are written. CI saw it twice on 2-process ZeRO-3 offload runs: std::terminate (status 134),
-    then, with the process group destroyed first, a finished rank 1 ending with no traceback."""
+    are written. CI saw it on 2-process ZeRO-3 runs (offload; LoRA DPO): std::terminate
+    ("terminate called without an active exception"), also with the process group destroyed first."""
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
