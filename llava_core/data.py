@@ -81,12 +81,14 @@ class ImageLoader:
     """Open and preprocess images the way the run was configured."""
 
     def __init__(self, image_processor, image_folder: str, aspect_ratio: str):
+        """``image_processor`` None: image paths only (validation without the vision tower)."""
         self.processor = image_processor
         self.folder = Path(image_folder)
         self.aspect_ratio = aspect_ratio
-        self.background = tuple(int(x * 255) for x in image_processor.image_mean)
-        crop = getattr(image_processor, "crop_size", None) or image_processor.size
-        self.side = crop.get("height") or crop.get("shortest_edge")
+        if image_processor is not None:
+            self.background = tuple(int(x * 255) for x in image_processor.image_mean)
+            crop = getattr(image_processor, "crop_size", None) or image_processor.size
+            self.side = crop.get("height") or crop.get("shortest_edge")
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -101,6 +103,26 @@ class ImageLoader:
         return self.processor(img, return_tensors="pt")["pixel_values"][0]
 
 
+def conversation_turns(record: Record, fmt: str) -> list[tuple[str, str]]:
+    """The record's turns, image first, after the checks that need no tokenizer; raises
+    ConversationError on a malformed record."""
+    data = record.data
+    if not isinstance(data, dict):
+        raise ConversationError("a record must be a JSON object")
+    if "__error__" in data:
+        raise ConversationError(data["__error__"])
+    if not isinstance(data.get("conversations"), list):
+        raise ConversationError("missing 'conversations' list")
+    n_images = len(record.images)
+    turns = move_image_first(normalise_turns(data["conversations"]), n_images)
+    placeholders = sum(t.count(IMAGE_TOKEN) for _, t in turns)
+    if placeholders != n_images:
+        raise ConversationError(f"{placeholders} <image> placeholders for {n_images} images")
+    if fmt == "plain" and len(turns) != 2:
+        raise ConversationError("--version plain needs exactly one human turn and one gpt answer")
+    return turns
+
+
 class Encoder:
     """Record -> input_ids and labels, image placeholder expanded to the model's image tokens."""
 
@@ -113,21 +135,7 @@ class Encoder:
 
     def encode(self, record: Record) -> dict[str, list[int]]:
         """Token ids and labels (answers only); raises ConversationError on a malformed record."""
-        data = record.data
-        if not isinstance(data, dict):
-            raise ConversationError("a record must be a JSON object")
-        if "__error__" in data:
-            raise ConversationError(data["__error__"])
-        if not isinstance(data.get("conversations"), list):
-            raise ConversationError("missing 'conversations' list")
-        n_images = len(record.images)
-        turns = move_image_first(normalise_turns(data["conversations"]), n_images)
-        placeholders = sum(t.count(IMAGE_TOKEN) for _, t in turns)
-        if placeholders != n_images:
-            raise ConversationError(f"{placeholders} <image> placeholders for {n_images} images")
-        if self.fmt == "plain" and len(turns) != 2:
-            raise ConversationError("--version plain needs exactly one human turn and one gpt answer")
-        text, spans = render(turns, self.fmt, self.tokenizer)
+        text, spans = render(conversation_turns(record, self.fmt), self.fmt, self.tokenizer)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, labels = [], []
         covered = [False] * len(spans)
@@ -198,17 +206,25 @@ def check_image(path: Path, how: str) -> str | None:
     return None
 
 
-def validate(records: list[Record], encoder: Encoder, images: ImageLoader | None, check_images: str = "open") -> ValidationReport:
-    """Find malformed records, missing/corrupt images and samples too long after image expansion."""
+def validate(records: list[Record], encoder: Encoder | None, images: ImageLoader | None, check_images: str = "open",
+             fmt: str = "vicuna_v1") -> ValidationReport:
+    """Find malformed records, missing/corrupt images and samples too long after image expansion.
+
+    Without an ``encoder`` (no tokenizer) the records' structure (as prompt format ``fmt``) and
+    images are checked, not their lengths, and the report has no lengths.
+    """
     report = ValidationReport(total=len(records))
     for i, rec in enumerate(records):
+        n = 0
         try:
-            enc = encoder.encode(rec)
+            if encoder is None:
+                conversation_turns(rec, fmt)
+            else:
+                n = len(encoder.encode(rec)["input_ids"])
         except ConversationError as e:
             report.problems.append(Problem(rec.where, "malformed", str(e)))
             continue
-        n = len(enc["input_ids"])
-        if n > encoder.max_length:
+        if encoder is not None and n > encoder.max_length:
             report.problems.append(Problem(rec.where, "too long", f"{n} tokens after image-token expansion > model_max_length {encoder.max_length}"))
             continue
         if rec.images:
@@ -220,7 +236,8 @@ def validate(records: list[Record], encoder: Encoder, images: ImageLoader | None
                 report.problems.append(Problem(rec.where, "bad image", bad))
                 continue
         report.good.append(i)
-        report.lengths.append(n if rec.images else -n)
+        if encoder is not None:
+            report.lengths.append(n if rec.images else -n)
     return report
 
 
