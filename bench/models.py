@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from llava_core.compat import dtype_kwargs
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -89,7 +91,7 @@ def build_llava(spec: ModelSpec, device: str | torch.device, dtype: torch.dtype,
     torch.manual_seed(seed)
     config = llava_config(spec)
     with torch.device(device):
-        model = LlavaForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", **dtype_kwargs(dtype))
     return model
 
 

@@ -34,7 +34,7 @@ from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
 from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
 from llava_core.model import build_model
 from llava_core.train import (LlavaTrainer, MetricsCallback, StopCallback, TrainResult,
-                              _cpu_distributed_state, configure_reporting, configure_tensorboard,
+                              _cpu_distributed_state, configure_reporting,
                               ensure_single_process_env, is_main, last_complete_checkpoint,
                               save_final, training_arguments, write_loss_plot)
 
@@ -230,7 +230,6 @@ def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
     if cfg.deepspeed:
         ensure_single_process_env()
     configure_reporting(cfg)
-    configure_tensorboard(cfg)
     cpu_state = _cpu_distributed_state(cfg)
     # as in train(): built before the TrainingArguments hold a ZeRO-3 config (no zero.Init)
     set_seed(cfg.seed)

@@ -10,6 +10,7 @@ import torch
 import yaml
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from llava_core.compat import dtype_kwargs
 from llava_core.config import TrainConfig
 from llava_core.model import build_model, load_for_inference
 
@@ -46,7 +47,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
                           if any((d / f).is_file() for f in _PROCESSOR_FILES)), None)
     if processor_dir is None:
         raise FileNotFoundError(f"{p}: no processor files here or in the run's final/ or adapter/")
-    model = LlavaForConditionalGeneration.from_pretrained(p, dtype=dtype)
+    model = LlavaForConditionalGeneration.from_pretrained(p, **dtype_kwargs(dtype))
     return model.eval(), AutoProcessor.from_pretrained(processor_dir)
 
 

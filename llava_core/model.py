@@ -18,6 +18,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from llava_core.compat import dtype_kwargs
 from llava_core.config import TrainConfig
 from llava_core.data import image_token_count
 
@@ -42,7 +43,7 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
     """
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         model = LlavaForConditionalGeneration.from_pretrained(
-            cfg.model_name_or_path, dtype=dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
+            cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
         )
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     else:
@@ -58,11 +59,11 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
 
 def _load_vision(path: str, cfg: TrainConfig, dtype: torch.dtype) -> torch.nn.Module:
     vision_cfg = _vision_config(cfg)
-    full = AutoModel.from_pretrained(path, dtype=dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation)
+    full = AutoModel.from_pretrained(path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation)
     model = getattr(full, "vision_model", None)
     if model is not None and hasattr(full, "text_model"):
         # a full CLIP/SigLIP checkpoint: keep the vision half, wrapped as its *VisionModel class
-        vision = AutoModel.from_config(vision_cfg, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        vision = AutoModel.from_config(vision_cfg, **dtype_kwargs(dtype), attn_implementation=cfg.attn_implementation)
         vision.vision_model.load_state_dict(model.state_dict())
         return vision
     return full
@@ -116,7 +117,7 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
     tokenizer = processor.tokenizer
     vision = _load_vision(cfg.vision_tower, cfg, dtype)
     llm = AutoModelForCausalLM.from_pretrained(
-        cfg.model_name_or_path, dtype=dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
+        cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
     )
     vision_cfg = vision.config
     strategy, _ = _select_strategy(vision_cfg, cfg)
@@ -212,6 +213,6 @@ def projector_state_llava_format(model: LlavaForConditionalGeneration) -> dict[s
 
 def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Load an HF-format LLaVA (e.g. a run's ``final/``) and its processor."""
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    model = LlavaForConditionalGeneration.from_pretrained(path, **dtype_kwargs(dtype))
     processor = AutoProcessor.from_pretrained(path)
     return model.eval(), processor

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from llava_core.compat import dtype_kwargs, tensorboard_kwargs, warmup_kwargs
 from llava_core.config import TrainConfig
 from llava_core.data import (
     Collator,
@@ -103,12 +104,6 @@ def configure_reporting(cfg: TrainConfig) -> None:
     os.environ.setdefault("WANDB_DIR", cfg.output_dir)
 
 
-def configure_tensorboard(cfg: TrainConfig) -> None:
-    """TensorBoard event files go to ``<output_dir>/tensorboard`` unless the user chose a folder."""
-    if "tensorboard" in cfg.report_to:
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(Path(cfg.output_dir) / "tensorboard"))
-
-
 class MetricsCallback(TrainerCallback):
     """Rank 0 appends every log to ``metrics.jsonl``."""
 
@@ -162,7 +157,7 @@ class LlavaTrainer(Trainer):
         # transformers writes LLaVA weights under the original checkpoint key names, and the Trainer's
         # own resume loads them raw with strict=False: nothing matches and training silently restarts
         # from the initial weights. Load through from_pretrained (which maps the names), strictly.
-        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        saved = type(model).from_pretrained(resume_from_checkpoint, **dtype_kwargs(next(model.parameters()).dtype))
         model.load_state_dict(saved.state_dict(), strict=True)
 
     def create_optimizer(self, model=None):
@@ -215,8 +210,7 @@ def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArgu
         per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
-        # transformers 5 folded warmup_ratio into warmup_steps (a float in [0, 1) is a ratio)
-        warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
+        **warmup_kwargs(cfg.warmup_steps, cfg.warmup_ratio),
         lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy=cfg.evaluation_strategy, bf16=cfg.bf16, fp16=cfg.fp16,
@@ -231,6 +225,8 @@ def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArgu
         kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if cpu_shared_state:
         kw["accelerator_config"] = {"use_configured_state": True}
+    if "tensorboard" in cfg.report_to:  # event files under <output_dir>/tensorboard unless the user chose a folder
+        kw.update(tensorboard_kwargs(Path(cfg.output_dir) / "tensorboard"))
     kw.update(cfg.training_args)
     return TrainingArguments(**kw)
 
@@ -289,7 +285,6 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     if cfg.deepspeed:
         ensure_single_process_env()
     configure_reporting(cfg)
-    configure_tensorboard(cfg)
     cpu_state = _cpu_distributed_state(cfg)
     # Built before TrainingArguments: once those hold a ZeRO-3 config, transformers builds every
     # model under zero.Init, which the assembly from separate parts cannot use. DeepSpeed

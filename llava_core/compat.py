@@ -1,0 +1,53 @@
+"""Every difference between the two supported library stacks, in one place.
+
+- modern: torch 2.13, transformers 5.23, peft 0.21, accelerate 1.15, DeepSpeed 0.19 (Python 3.11);
+- dcu: the site's DAS torch 2.1 / 2.4 (SCNet, DTK 24.04 / 25.04), transformers 4.55.4, the same
+  peft and accelerate, the site's DAS DeepSpeed 0.12.3 / 0.14.2 (Python 3.10).
+
+transformers 5 disables torch below 2.6, so the dcu stack stays on 4.55.4: the newest release that
+imports on torch 2.1 (4.56 calls ``torch.utils._pytree.register_pytree_node``, new in torch 2.2).
+Code elsewhere calls these helpers instead of testing versions itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+
+TRANSFORMERS = Version(transformers.__version__)
+TORCH = Version(torch.__version__.split("+")[0])
+
+# transformers 4.56 renamed from_pretrained/from_config's ``torch_dtype`` to ``dtype``.
+_DTYPE_KW = "dtype" if TRANSFORMERS >= Version("4.56") else "torch_dtype"
+
+
+def dtype_kwargs(dtype: torch.dtype | str | None) -> dict[str, Any]:
+    """The keyword that sets the weights' dtype in ``from_pretrained`` / ``from_config``."""
+    return {} if dtype is None else {_DTYPE_KW: dtype}
+
+
+def warmup_kwargs(warmup_steps: int, warmup_ratio: float) -> dict[str, Any]:
+    """TrainingArguments' warmup: steps when given, else the ratio.
+
+    transformers 5 removed ``warmup_ratio`` and reads a float in [0, 1) of ``warmup_steps`` as a
+    ratio; 4.x has both fields and ``warmup_steps`` must be an int.
+    """
+    if warmup_steps > 0:
+        return {"warmup_steps": warmup_steps}
+    if TRANSFORMERS >= Version("5"):
+        return {"warmup_steps": warmup_ratio}
+    return {"warmup_ratio": warmup_ratio}
+
+
+def tensorboard_kwargs(folder: Path) -> dict[str, Any]:
+    """Where TensorBoard writes: transformers 5 removed ``logging_dir`` (it reads
+    ``TENSORBOARD_LOGGING_DIR``); 4.x takes ``logging_dir``. A folder the user set wins."""
+    if TRANSFORMERS >= Version("5"):
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(folder))
+        return {}
+    return {"logging_dir": os.environ.get("TENSORBOARD_LOGGING_DIR", str(folder))}
