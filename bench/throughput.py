@@ -144,6 +144,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
     from bench.data import SyntheticLlavaDataset, padded_collate
     from bench.models import SPECS, build_llava, parameter_counts
+    from llava_core.compat import sequential_sampling_kwargs
     from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
     from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
     from llava_core.speed import checkpoint_layers, compile_decoder_layers, zero_setup
@@ -217,7 +218,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         dataloader_num_workers=spec.workers,
         dataloader_pin_memory=cuda,
         dataloader_persistent_workers=spec.workers > 0,
-        train_sampling_strategy="sequential",
+        **sequential_sampling_kwargs(),
         remove_unused_columns=False,
         logging_steps=1,
         save_strategy="no",

@@ -11,11 +11,14 @@ Code elsewhere calls these helpers instead of testing versions itself.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
 from packaging.version import Version
 
@@ -51,3 +54,33 @@ def tensorboard_kwargs(folder: Path) -> dict[str, Any]:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(folder))
         return {}
     return {"logging_dir": os.environ.get("TENSORBOARD_LOGGING_DIR", str(folder))}
+
+
+def varlen_attention() -> tuple[Callable[..., torch.Tensor], dict[str, Any], bool] | None:
+    """PyTorch's flash varlen attention, how this torch spells causal, and whether it takes
+    ``enable_gqa`` (2.10: ``is_causal``; 2.11: ``window_size=(-1, 0)``; 2.12+: also ``enable_gqa``).
+    None before torch 2.10 (the DAS builds): packed batches then use per-segment SDPA."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    return varlen_attn, causal, "enable_gqa" in params
+
+
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Causal scaled-dot-product attention over (batch, heads, tokens, dim), with fewer key/value
+    heads than query heads (GQA): ``enable_gqa`` since torch 2.5, repeated heads before."""
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and TORCH < Version("2.5"):
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        gqa = False
+    extra = {"enable_gqa": True} if gqa else {}
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **extra)
+
+
+def sequential_sampling_kwargs() -> dict[str, Any]:
+    """TrainingArguments for an unshuffled data order: ``train_sampling_strategy`` is new in
+    transformers 5; 4.x has no such switch (its Trainer always shuffles)."""
+    return {"train_sampling_strategy": "sequential"} if TRANSFORMERS >= Version("5") else {}

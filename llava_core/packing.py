@@ -23,12 +23,13 @@ count), which the CPU smoke test checks.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from llava_core.compat import causal_sdpa, varlen_attention
 
 IGNORE_INDEX = -100
 VARLEN_ATTENTION = "llava_varlen"
@@ -110,17 +111,7 @@ def packed_causal_lm_loss(
     return loss / denominator
 
 
-def _resolve_varlen_kernel() -> tuple[Any, dict[str, Any], bool]:
-    """PyTorch's flash varlen attention and how this torch version spells causal and GQA
-    (2.10: `is_causal`; 2.11: `window_size=(-1, 0)`; 2.12+: also `enable_gqa`)."""
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = inspect.signature(varlen_attn).parameters
-    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    return varlen_attn, causal, "enable_gqa" in params
-
-
-_VARLEN_KERNEL: tuple[Any, dict[str, Any], bool] | None = None  # resolved once, outside compiled code
+_VARLEN_KERNEL = varlen_attention()  # resolved once, outside compiled code
 
 
 def varlen_attention_forward(
@@ -153,8 +144,8 @@ def varlen_attention_forward(
     # Under autocast over fp32 weights RoPE promotes q and k to fp32; the flash kernel needs 16 bits.
     compute = value.dtype if value.dtype in (torch.float16, torch.bfloat16) or not query.is_cuda else torch.bfloat16
     q, k, v = (t.transpose(1, 2).squeeze(0).to(compute) for t in (query, key, value))  # (tokens, heads, dim)
-    if q.is_cuda:
-        kernel, causal, native_gqa = _VARLEN_KERNEL or _resolve_varlen_kernel()
+    if q.is_cuda and _VARLEN_KERNEL is not None:
+        kernel, causal, native_gqa = _VARLEN_KERNEL
         extra = dict(causal)
         if k.shape[1] != q_heads:
             if native_gqa:
@@ -173,11 +164,11 @@ def varlen_attention_forward(
 
 
 def _segment_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int], scaling: float | None):
-    """Reference path (no CUDA): causal SDPA per segment."""
+    """Causal SDPA per segment: the path without CUDA or without torch's varlen kernel (torch < 2.10)."""
     outs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         seg = [t[start:end].transpose(0, 1)[None] for t in (q, k, v)]
-        o = F.scaled_dot_product_attention(*seg, is_causal=True, scale=scaling, enable_gqa=seg[0].shape[1] != seg[1].shape[1])
+        o = causal_sdpa(*seg, scaling)
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 
@@ -186,8 +177,6 @@ def register_varlen_attention() -> str:
     """Register `VARLEN_ATTENTION` with transformers (idempotent) and return its name."""
     from transformers import AttentionInterface
 
-    global _VARLEN_KERNEL
-    _VARLEN_KERNEL = _resolve_varlen_kernel()
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
     return VARLEN_ATTENTION
 
