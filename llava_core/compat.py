@@ -25,6 +25,11 @@ from packaging.version import Version
 TRANSFORMERS = Version(transformers.__version__)
 TORCH = Version(torch.__version__.split("+")[0])
 
+# accelerate (1.x) calls torch.cpu.set_device when it sets up CPU processes; torch 2.1 (DTK 24.04)
+# lacks it. From torch 2.2 on it is a documented no-op ("in CPU we do nothing"): the same here.
+if not hasattr(torch.cpu, "set_device"):
+    torch.cpu.set_device = lambda device: None
+
 # transformers 4.56 renamed from_pretrained/from_config's ``torch_dtype`` to ``dtype``.
 _DTYPE_KW = "dtype" if TRANSFORMERS >= Version("4.56") else "torch_dtype"
 

@@ -314,8 +314,6 @@ def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, i
         out["max_length_q"] = out["max_length_k"] = max(batch["max_length_q"], n_tokens)
         if "labels" in batch:
             out["labels"] = torch.cat([batch["labels"], torch.full_like(row, IGNORE_INDEX)], 1)
-        if "logits_to_keep" in batch:
-            out["logits_to_keep"] = torch.cat([batch["logits_to_keep"], torch.zeros_like(row, dtype=torch.bool)], 1)
         return out
     width = max(ids.shape[1], n_tokens)
 

@@ -76,8 +76,9 @@ class PackingCollator:
         cu_seq_lens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu_seq_lens[1:] = torch.cumsum(torch.tensor(lengths), 0)
         max_length = max(self.max_segment_length, max(lengths))
-        keep = torch.zeros_like(label_row, dtype=torch.bool)
-        keep[:, :-1] = label_row[:, 1:] != IGNORE_INDEX
+        # positions (1-D) rather than a boolean mask: both transformers 4.x and 5.x slice the one
+        # packed row by positions; only 5.x takes a mask
+        keep = (label_row[0, 1:] != IGNORE_INDEX).nonzero().squeeze(1)
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "labels": label_row,
