@@ -144,7 +144,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
     from bench.data import SyntheticLlavaDataset, padded_collate
     from bench.models import SPECS, build_llava, parameter_counts
-    from llava_core.compat import sequential_sampling_kwargs
+    from llava_core.compat import sequential_sampling_kwargs, warmup_kwargs
     from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
     from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
     from llava_core.speed import checkpoint_layers, compile_decoder_layers, zero_setup
@@ -207,7 +207,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         max_steps=spec.warmup + spec.steps + spec.profile,
         learning_rate=spec.lr,
         lr_scheduler_type="cosine",
-        warmup_steps=0.03,
+        **warmup_kwargs(0, 0.03),
         weight_decay=0.0,
         bf16=cuda,
         tf32=True if cuda else None,

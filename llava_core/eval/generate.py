@@ -54,7 +54,8 @@ def generate_batch(model, processor, prompts: Sequence[str], images: Sequence[st
     # the prompts are fully rendered (BOS included where the format has one), as in training
     inputs = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True,
                        add_special_tokens=False)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    # LLaVA takes no token_type_ids; transformers 4.x tokenizers return them by default
+    inputs = {k: v.to(model.device) for k, v in inputs.items() if k != "token_type_ids"}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
