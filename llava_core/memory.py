@@ -47,6 +47,8 @@ WORKSPACE = 1.5 * GIB
 OFFLOAD_BYTES = 16
 OFFLOAD_ACCUMULATION_BYTES = 2
 HOST_PROCESS_OVERHEAD = 15 * GIB
+# `gradient_checkpointing: auto` checkpoints the fewest layers whose estimate fits this share of the GPU.
+AUTO_CHECKPOINT_SHARE = 0.85
 
 
 @dataclass(frozen=True)
@@ -176,3 +178,13 @@ def checkpointed_layers_needed(job: JobShape, budget_gib: float) -> int | None:
         if estimate_peak_memory(trial).total_gib <= budget_gib:
             return count
     return None
+
+
+def auto_checkpointed_layers(job: JobShape, gpu_gib: float | None) -> int:
+    """The decoder layers `gradient_checkpointing: auto` checkpoints for `job` on a GPU of `gpu_gib`
+    GiB: the fewest whose estimate fits `AUTO_CHECKPOINT_SHARE` of it, all when none do; none
+    without a GPU (`gpu_gib` None). The ranks and the submit-time estimate both decide here."""
+    if gpu_gib is None:
+        return 0
+    needed = checkpointed_layers_needed(job, AUTO_CHECKPOINT_SHARE * gpu_gib)
+    return job.layers if needed is None else needed

@@ -154,6 +154,13 @@ def job_shape(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]
     )
 
 
+def local_gpu_gib() -> float | None:
+    """Memory of this process's GPU in GiB, or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 1024**3
+
+
 def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> dict[str, object]:
     """Apply the speed options of `cfg` to `model` (after its freeze plan); returns what was done.
 
@@ -165,7 +172,7 @@ def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequenc
       estimate fits 85% of the GPU (none on a CPU);
     - `compile_layers`: each decoder layer compiled (after checkpointing is set).
     """
-    from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
+    from llava_core.memory import auto_checkpointed_layers, estimate_peak_memory
     from llava_core.packing import use_varlen_attention
 
     done: dict[str, object] = {}
@@ -178,12 +185,8 @@ def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequenc
                 param.data = param.data.to(torch.bfloat16)
         done["frozen_weights"] = "bf16"
     if cfg.gradient_checkpointing == "auto":
-        count = 0
         shape = job_shape(model, cfg, lengths)
-        if torch.cuda.is_available():
-            budget = 0.85 * torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 1024**3
-            needed = checkpointed_layers_needed(shape, budget)
-            count = shape.layers if needed is None else needed
+        count = auto_checkpointed_layers(shape, local_gpu_gib())
         checkpoint_layers(model, count)
         done["checkpointed_layers"] = count
         done["predicted_peak_gib"] = round(estimate_peak_memory(JobShape(**{**shape.__dict__, "checkpointed_layers": count})).total_gib, 1)
