@@ -4,6 +4,7 @@ a LoRA adapter folder (a run's ``adapter/`` or a LoRA ``checkpoint-N/``), or a f
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -15,6 +16,25 @@ from llava_core.config import TrainConfig
 from llava_core.model import build_model, load_for_inference
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def inference_dtype(name: str = "auto") -> torch.dtype:
+    """The dtype to answer in: ``auto`` is bfloat16 on a GPU, float32 on the CPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def inference_device() -> torch.device:
+    """This rank's GPU (``LOCAL_RANK``) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def resolve_model_dir(path: str | Path) -> Path:

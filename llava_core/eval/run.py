@@ -3,11 +3,8 @@ write ``<out_dir>/eval/<task>.json`` (per-sample answers and metrics) and print 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from llava_core.config import PROMPT_VERSIONS
 from llava_core.console import console
@@ -17,7 +14,7 @@ from llava_core.eval.generate import generate_answers, rank_and_world
 from llava_core.eval.metrics import caption_metrics, pope_answer_is_yes, pope_metrics, vqa_metrics
 from llava_core.eval.pope import POPE_SPLITS, find_pope_files, read_pope_split
 from llava_core.eval.vqa import read_vqa
-from llava_core.inference import load_model
+from llava_core.inference import inference_device, inference_dtype, load_model
 from llava_core.io import atomic_write_json
 
 TASKS = ("pope", "vqa", "caption")
@@ -47,9 +44,8 @@ def evaluate(task: str, model: str, data: str, image_folder: str, out_dir: str,
         raise ValueError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
     suffix = SHORT_ANSWER if prompt_suffix is None else prompt_suffix
     if loaded is None:
-        llava, processor = load_model(model, _dtype(dtype))
-        if torch.cuda.is_available():
-            llava = llava.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        llava, processor = load_model(model, inference_dtype(dtype))
+        llava = llava.to(inference_device())
     else:
         llava, processor = loaded
     fmt = PROMPT_VERSIONS[version]
@@ -95,14 +91,6 @@ def evaluate(task: str, model: str, data: str, image_folder: str, out_dir: str,
                            "metrics": metrics, "samples": samples})
         print_table(task, metrics)
     return metrics
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype {name!r}: use auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
 
 
 def print_table(task: str, metrics: dict[str, Any]) -> None:
