@@ -160,6 +160,10 @@ class TrainConfig:
             raise ValueError("--bits: only 16 is supported (4/8-bit QLoRA needs bitsandbytes on a GPU)")
         if self.mm_vision_select_feature not in ("patch", "cls_patch"):
             raise ValueError("--mm_vision_select_feature: use patch or cls_patch")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "model_max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if isinstance(self.gradient_checkpointing, str):
             words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "auto": "auto"}
             if self.gradient_checkpointing.lower() not in words:
