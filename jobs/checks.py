@@ -1,9 +1,26 @@
-"""Checks made before anything is submitted."""
+"""Checks made before anything is submitted, each passed, failed or skipped with its reason."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from llava_core.config import TrainConfig
+from llava_core.data import ValidationReport
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+
+@dataclasses.dataclass
+class Check:
+    """The outcome of one check: ``name: [status] detail`` (detail lines after the first indented)."""
+
+    name: str
+    status: str
+    detail: str
+
+    def __str__(self) -> str:
+        first, *rest = self.detail.splitlines() or [""]
+        return "\n".join([f"{self.name}: [{self.status}] {first}".rstrip(), *(f"  {r.lstrip()}" for r in rest)])
 
 
 def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -> str:
@@ -26,28 +43,183 @@ def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -
                      f"(or --global_batch_size {actual} to train with a different global batch on purpose)")
 
 
-def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], gpus_per_node: int = 1) -> str:
-    """Predicted peak GPU memory per rank (llava_core.memory), from the model's configs only, and
-    the host memory per node that an offloaded optimizer needs."""
+def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], gpus_per_node: int = 1,
+                         gpu_gib: float | None = None) -> str:
+    """Predicted peak GPU memory per rank (llava_core.memory), from the model's configs only, with
+    the layers the ranks will checkpoint (``gradient_checkpointing: auto`` decides per GPU of
+    ``gpu_gib`` GiB: the local GPU's when None), and the host memory per node that an offloaded
+    optimizer needs. Raises OSError/ValueError when the model's configs cannot be read."""
     from llava_core.freeze import apply_freeze_plan
-    from llava_core.memory import estimate_host_memory, estimate_peak_memory
+    from llava_core.memory import auto_checkpointed_layers, estimate_host_memory, estimate_peak_memory
     from llava_core.model import skeleton
-    from llava_core.speed import job_shape
+    from llava_core.speed import job_shape, local_gpu_gib
 
     from cluster.deepspeed import load_zero_config
 
     if isinstance(cfg.deepspeed, str):
         cfg = dataclasses.replace(cfg, deepspeed=load_zero_config(cfg.deepspeed))
-    try:
-        model = apply_freeze_plan(skeleton(cfg), cfg)
-    except (OSError, ValueError) as e:
-        return f"memory estimate: unavailable ({e})"
+    model = apply_freeze_plan(skeleton(cfg), cfg)
     shape = dataclasses.replace(job_shape(model, cfg, lengths or [cfg.model_max_length]), world_size=processes)
+    gpu_gib = gpu_gib or local_gpu_gib()
+    note = ""
+    if cfg.gradient_checkpointing is True:
+        shape = dataclasses.replace(shape, checkpointed_layers=shape.layers)
+    elif cfg.gradient_checkpointing == "auto":
+        if gpu_gib is None:
+            every = estimate_peak_memory(dataclasses.replace(shape, checkpointed_layers=shape.layers)).total_gib
+            note = (f"; gradient_checkpointing auto: {every:.1f} GiB with all {shape.layers} layers checkpointed, "
+                    "the ranks checkpoint the fewest that fit their GPU (--gpu_gib N: the choice for N GiB)")
+        else:
+            count = auto_checkpointed_layers(shape, gpu_gib)
+            shape = dataclasses.replace(shape, checkpointed_layers=count)
+            note = f"; gradient_checkpointing auto: {count} of {shape.layers} layers on a {gpu_gib:.0f} GiB GPU"
     est = estimate_peak_memory(shape)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in est.parts_gib.items())
-    line = f"memory estimate: {est.total_gib:.1f} GiB peak per GPU ({parts})"
+    checkpointing = "" if cfg.gradient_checkpointing != "auto" or gpu_gib is not None else " without checkpointing"
+    line = f"{est.total_gib:.1f} GiB peak per GPU{checkpointing} ({parts}){note}"
     host = estimate_host_memory(shape)
     if host is not None:
         line += (f"; optimizer offloaded: {host:.0f} GiB of host RAM per process, "
                  f"{host * gpus_per_node:.0f} GiB per node of {gpus_per_node} GPUs")
     return line
+
+
+def check_output_dir(job_dir: Path) -> Check:
+    """The job directory must be a folder (made at submit); say when it resumes."""
+    if job_dir.exists() and not job_dir.is_dir():
+        return Check("output directory", FAILED, f"--output_dir {job_dir} is a file: give a folder (it is created)")
+    checkpoints = sorted(job_dir.glob("checkpoint-*")) if job_dir.is_dir() else []
+    resumes = f" (exists: resumes from its newest complete checkpoint of {len(checkpoints)})" if checkpoints else ""
+    return Check("output directory", PASSED, f"{job_dir}{resumes}")
+
+
+def missing_flags(cfg: TrainConfig) -> list[str]:
+    """The flags every training job needs that ``cfg`` lacks."""
+    return [f"--{name}" for name in ("model_name_or_path", "data_path") if not getattr(cfg, name)]
+
+
+def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
+    """Locate the LLM (or LLaVA checkpoint) and the vision tower (llava_core.hub); the config with
+    loadable paths, or None with the reason in the failed check."""
+    from llava_core.hub import hub_unavailable, locate
+    from llava_core.model import is_llava_checkpoint
+
+    found, errors = {}, []
+    for flag in ("model_name_or_path", "vision_tower"):
+        if getattr(cfg, flag):
+            try:
+                found[flag] = locate(getattr(cfg, flag), flag, cfg.cache_dir)
+            except FileNotFoundError as e:
+                errors.append(str(e))
+    if errors:
+        return Check("model", FAILED, "\n".join(errors)), None
+    located = dataclasses.replace(cfg, **found)
+    if not cfg.vision_tower and not is_llava_checkpoint(located.model_name_or_path, cfg.cache_dir):
+        return Check("model", FAILED, f"--model_name_or_path {cfg.model_name_or_path} is not a LLaVA checkpoint, "
+                                      "so --vision_tower is required"), None
+    names = [n for n in (cfg.model_name_or_path, cfg.vision_tower) if n]
+    where = [f"{n} (local cache: {p})" if p != n else n for n, p in zip(names, (located.model_name_or_path, located.vision_tower))]
+    hub = "" if hub_unavailable() else "; hub reachable"
+    return Check("model", PASSED, ", ".join(where) + hub), located
+
+
+def check_projector(cfg: TrainConfig) -> Check | None:
+    """A stage-1 ``mm_projector.bin`` to start from must exist."""
+    path = cfg.pretrain_mm_mlp_adapter
+    if not path:
+        return None
+    if not Path(path).is_file():
+        return Check("projector", FAILED, f"--pretrain_mm_mlp_adapter {path}: no such file (stage 1 writes "
+                                          "runs/<job>/mm_projector.bin)")
+    return Check("projector", PASSED, path)
+
+
+def check_deepspeed(cfg: TrainConfig) -> Check | None:
+    """A named or JSON ZeRO config that loads."""
+    from cluster.deepspeed import ZERO_CONFIG_NAMES, load_zero_config
+
+    if not cfg.deepspeed or isinstance(cfg.deepspeed, dict):
+        return None
+    try:
+        config = load_zero_config(cfg.deepspeed)
+    except ValueError as e:
+        stem = Path(cfg.deepspeed).stem
+        hint = f" (LLaVA's {Path(cfg.deepspeed).name} ships here as --deepspeed {stem})" if stem in ZERO_CONFIG_NAMES else ""
+        return Check("deepspeed", FAILED, f"{e}{hint}")
+    return Check("deepspeed", PASSED, f"{cfg.deepspeed}: ZeRO stage {config['zero_optimization'].get('stage')}")
+
+
+def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str) -> tuple[list[Check], ValidationReport | None]:
+    """Validate every sample: structure and images always, lengths when the tokenizer and vision
+    tower load (``located``), else a skipped ``lengths`` check saying why (``why_no_model``)."""
+    from llava_core.data import ImageLoader, load_records, validate
+
+    if not cfg.data_path:
+        return [Check("data", FAILED, "--data_path is required (LLaVA JSON or JSONL)")], None
+    if cfg.image_folder and not Path(cfg.image_folder).is_dir():
+        return [Check("data", FAILED, f"--image_folder {cfg.image_folder}: no such folder")], None
+    try:
+        records = load_records(cfg.data_path)
+    except (OSError, ValueError) as e:
+        return [Check("data", FAILED, str(e))], None
+    checks = []
+    if located is None:
+        images = ImageLoader(None, cfg.image_folder, cfg.image_aspect_ratio) if cfg.image_folder else None
+        report = validate(records, None, images, cfg.check_images, cfg.prompt_format)
+        checks.append(Check("lengths", SKIPPED, f"not checked: {why_no_model}"))
+    else:
+        from llava_core.train import validate_data
+
+        try:
+            report = validate_data(located)
+        except (OSError, ValueError) as e:
+            return [Check("data", FAILED, f"the tokenizer or image processor did not load: {e}")], None
+    summary = report.summary(limit=10)
+    if report.problems and cfg.on_bad_sample == "fail":
+        status = FAILED
+        summary += "\n  fix them or pass --on_bad_sample skip"
+    else:
+        status = PASSED
+    what = "structure and images" if located is None else "structure, images and lengths"
+    return [Check("data", status, f"{what}: {summary}"), *checks], report
+
+
+def training_checks(job: str, cfg: TrainConfig, job_dir: Path, procs: int, gpus_per_node: int,
+                    recipe_batch: int | None, gpu_gib: float | None) -> tuple[list[Check], ValidationReport | None]:
+    """Every check of a training job before it is submitted, and the data report."""
+    checks = [check_output_dir(job_dir)]
+    missing = [f for f in missing_flags(cfg) if f != "--data_path"]
+    if missing:
+        checks.append(Check("model", FAILED, f"{', '.join(missing)} is required"))
+        located, why = None, "no model given"
+    else:
+        model_check, located = check_models(cfg)
+        checks.append(model_check)
+        why = f"the tokenizer and image-token count need the model ({model_check.detail})"
+    checks += [c for c in (check_projector(cfg), check_deepspeed(cfg)) if c]
+    report = None
+    if job == "dpo":
+        if not cfg.data_path:
+            checks.append(Check("data", FAILED, "--data_path is required (DPO pairs: prompt, chosen, rejected)"))
+        elif not all(Path(p).is_file() for p in cfg.data_path.split(",") if p):
+            checks.append(Check("data", FAILED, f"--data_path {cfg.data_path}: no such file"))
+        else:
+            checks.append(Check("data", PASSED, f"{cfg.data_path} (pairs are checked on the ranks)"))
+    else:
+        data_checks, report = check_data(cfg, located, why)
+        checks += data_checks
+    try:
+        checks.append(Check("global batch", PASSED, check_global_batch(cfg, procs, recipe_batch).split(": ", 1)[1]))
+    except ValueError as e:
+        checks.append(Check("global batch", FAILED, str(e).split(": ", 1)[1]))
+    if located is None:
+        checks.append(Check("memory estimate", SKIPPED, "needs the model's configs (see the model check)"))
+    elif not any(c.name == "deepspeed" and c.status == FAILED for c in checks):
+        try:
+            line = estimate_memory_line(located, procs, report.lengths if report else [], gpus_per_node, gpu_gib)
+            checks.append(Check("memory estimate", PASSED, line))
+        except (OSError, ValueError) as e:
+            checks.append(Check("memory estimate", FAILED, f"the model's configs did not load: {e}"))
+    else:
+        checks.append(Check("memory estimate", SKIPPED, "needs a ZeRO config (see the deepspeed check)"))
+    return checks, report

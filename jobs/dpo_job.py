@@ -21,7 +21,8 @@ from llava_core.train import TrainResult
 
 
 def dpo_settings(values: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
-    """Split a DPO job's options into the training config and the DPO options, validated."""
+    """Split a DPO job's options into the training config and the DPO options, validated (the
+    required flags are checks at submit, see jobs.checks)."""
     values = dict(values)
     if "beta" not in values:
         raise ValueError("--beta is required for DPO (HA-DPO's recipe uses 0.1)")
@@ -30,16 +31,15 @@ def dpo_settings(values: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
         raise ValueError(f"--beta must be > 0, got {dpo['beta']}")
     if dpo["loss_type"] not in LOSS_TYPES:
         raise ValueError(f"--loss_type {dpo['loss_type']!r}: use one of {', '.join(LOSS_TYPES)}")
-    cfg = TrainConfig.from_dict(values)
-    for key in ("model_name_or_path", "data_path", "output_dir"):
-        if not getattr(cfg, key):
-            raise ValueError(f"--{key} is required for a DPO job")
-    return cfg, dpo
+    return TrainConfig.from_dict(values), dpo
 
 
 def run_dpo(values: dict[str, Any], should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Per-rank entry point (the distributed environment is already set by the executor)."""
     cfg, dpo = dpo_settings(values)
+    missing = [f"--{key}" for key in ("model_name_or_path", "data_path", "output_dir") if not getattr(cfg, key)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required for a DPO job")
     return train_dpo(cfg, should_stop=should_stop, **dpo)
 
 

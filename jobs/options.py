@@ -28,6 +28,8 @@ JOB_OPTIONS = {
     "follow": "wait for the job and stream rank 0's log (default for the local executor)",
     "runs": "folder that holds job directories (default: runs)",
     "demo_assets": "generate the tiny model and shapes data and use them (the tiny preset sets it)",
+    "gpu_gib": "GPU memory per rank in GiB for the submit-time memory estimate where this machine has no GPU "
+               "(the ranks read their own)",
 }
 
 # LLaVA / older-transformers spellings -> the names TrainConfig uses
@@ -88,6 +90,8 @@ class Resolved:
     launch: dict[str, Any]
     values: dict[str, Any]  # model/training (or eval) options
     sources: list[str]
+    origins: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Where each given option's value came from: preset NAME, config FILE or command line."""
 
 
 def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra_names: set[str] = frozenset(),
@@ -97,16 +101,17 @@ def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra
     ``extra_names`` are further option names the job kind accepts (e.g. DPO's ``beta``).
     """
     merged: dict[str, Any] = {}
-    sources = []
-    if preset:
-        merged.update(load_preset(preset, job))
-        sources.append(f"preset {preset}")
+    origins: dict[str, str] = {}
+    layers = [(f"preset {preset}", lambda: load_preset(preset, job))] if preset else []
     if config:
-        merged.update(load_yaml(config, "--config"))
-        sources.append(f"config {config}")
-    merged.update({normalise(k): v for k, v in flags.items()})
+        layers.append((f"config {config}", lambda: load_yaml(config, "--config")))
     if flags:
-        sources.append("command line")
+        layers.append(("command line", lambda: {normalise(k): v for k, v in flags.items()}))
+    for source, load in layers:
+        given = load()
+        merged.update(given)
+        origins.update(dict.fromkeys(given, source))
+    sources = [source for source, _ in layers]
     launch_names = set(launch_option_names()) - {"job_dir", "name"}
     valid = set(JOB_OPTIONS) | launch_names | TRAIN_FIELDS | HF_FIELDS | set(extra_names)
     unknown = [k for k in merged if k not in valid]
@@ -115,7 +120,7 @@ def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra
     job = {k: v for k, v in merged.items() if k in JOB_OPTIONS}
     launch = {k: v for k, v in merged.items() if k in launch_names}
     values = {k: v for k, v in merged.items() if k not in job and k not in launch}
-    return Resolved(job, launch, values, sources)
+    return Resolved(job, launch, values, sources, origins)
 
 
 def train_config(values: dict[str, Any]) -> TrainConfig:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import fire
-
 from cluster.launch import LAUNCH_RECORD, job_state
+from jobs.cli import UsageError, run
 
 
 def find_job(job: str, runs: str = "runs") -> Path:
@@ -27,9 +26,9 @@ def find_job(job: str, runs: str = "runs") -> Path:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise SystemExit(f"JOB {job!r} matches several jobs under {base}/: "
+        raise UsageError(f"JOB {job!r} matches several jobs under {base}/: "
                          f"{', '.join(p.name for p in matches)}")
-    raise SystemExit(f"JOB {job!r}: no submitted job at {path} or under {base}/")
+    raise UsageError(f"JOB {job!r}: no submitted job at {path} or under {base}/")
 
 
 def last_metrics(job_dir: Path) -> tuple[int | None, float | None]:
@@ -103,9 +102,14 @@ def table(runs: Path) -> str:
 
 
 def main(job: str | None = None, runs: str = "runs") -> None:
-    """Show all jobs under ``runs`` or the details of ``job``."""
+    """Show all jobs under ``runs`` or the details of ``job``.
+
+    Args:
+        job: a job directory, its name under ``runs``, or a unique prefix of one.
+        runs: the folder that holds job directories.
+    """
     print(describe(find_job(str(job), runs)) if job is not None else table(Path(runs)))
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    run(main, "jobs.status")

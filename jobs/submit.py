@@ -7,17 +7,18 @@ names, any ``transformers.TrainingArguments`` field, and the launcher's (``--nod
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import fire
 import yaml
 
 from cluster.launch import JobFailed, LaunchSpec, resolve_executor, submit
-from jobs.checks import check_global_batch, estimate_memory_line
+from jobs.checks import FAILED, PASSED, Check, training_checks
+from jobs.cli import CommandFailed, UsageError, run
 from jobs.options import Resolved, resolve, train_config
 from jobs.runner import TrainTask
 from llava_core.io import atomic_write_json, atomic_write_text
@@ -44,12 +45,29 @@ def _job_kind_defaults(kind: str, values: dict[str, Any]) -> None:
         raise ValueError("--tune_mm_mlp_adapter True is stage 1: run `jobs.submit pretrain` instead")
 
 
+def _value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
+
+
+def config_listing(sections: dict[str, dict[str, Any]], origins: dict[str, str]) -> str:
+    """The resolved config as YAML with where each value came from as a comment (preset, config
+    file, command line, or default)."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"{section}:")
+        rows = [(f"  {k}: {_value(v)}", origins.get(k, "default")) for k, v in values.items()]
+        width = max((len(text) for text, _ in rows), default=0)
+        lines += [f"{text.ljust(width)}  # {origin}" for text, origin in rows]
+    return "\n".join(lines)
+
+
 def main(job: str, *rest: Any, **flags: Any) -> None:
-    """Resolve, check and submit one job; exits non-zero when it fails."""
+    """Resolve, check and submit one job; raises ChecksFailed (exit 1) when a check fails."""
     if job not in JOBS:
-        raise SystemExit(f"unknown job {job!r}: use one of {', '.join(JOBS)}")
+        raise UsageError(f"unknown job {job!r}: use one of {', '.join(JOBS)} (python -m jobs.submit --help)")
     if rest:
-        raise SystemExit(f"unexpected argument(s) {rest}: flags are --name value")
+        raise UsageError(f"unexpected argument(s) {' '.join(map(str, rest))}: flags are --name value")
     if job == "demo":
         from jobs.demo import run_demo
 
@@ -68,7 +86,9 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
         r.job["preset"] = preset
     job_dir = job_directory(r, job)
     dry_run = bool(r.job.get("dry_run"))
+    spec = LaunchSpec.from_options({**r.launch, "job_dir": job_dir, "name": job_dir.name})
     lines = [f"job: {job}   sources: {' <- '.join(r.sources) or 'defaults'}", f"job directory: {job_dir}"]
+    origins = dict(r.origins)
 
     if job == "eval":
         from jobs.eval_job import eval_settings
@@ -77,43 +97,56 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
         settings = eval_settings(r.values)
         task: Any = _EvalTask(settings, str(job_dir))
         resolved_config = {"job": job, **settings}
+        checks: list[Check] = []
         report = None
+        listing = {"config": settings}
     else:
         if r.job.get("demo_assets"):
             from jobs.demo import tiny_asset_values
 
             for k, v in tiny_asset_values(Path(r.job.get("runs", "runs")) / "assets").items():
-                r.values.setdefault(k, v)
+                if k not in r.values:
+                    r.values[k], origins[k] = v, "demo assets"
+        before = dict(r.values)
         _job_kind_defaults(job, r.values)
+        origins.update({k: f"job {job}" for k, v in r.values.items() if before.get(k, object()) != v})
         r.values["output_dir"] = str(job_dir)
+        origins.setdefault("output_dir", "job directory")
+        dpo: dict[str, Any] = {}
         if job == "dpo":
             from jobs.dpo_job import dpo_settings
 
-            cfg, _ = dpo_settings(r.values)
+            cfg, dpo = dpo_settings(r.values)
         else:
             cfg = train_config(r.values)
-        report = None
-        if cfg.data_path and job != "dpo":
-            from llava_core.train import validate_data
-
-            report = validate_data(cfg)
-            lines.append("data: " + report.summary(limit=10))
-            if report.problems and cfg.on_bad_sample == "fail" and not dry_run:
-                atomic_write_json(job_dir / "validation.json", report.to_dict())
-                print("\n".join(lines), file=sys.stderr)
-                raise SystemExit(f"bad samples found (full list: {job_dir / 'validation.json'}); fix them or pass --on_bad_sample skip")
-        procs = int(r.launch.get("nodes", 1)) * int(r.launch.get("gpus_per_node", 1))
-        lines.append(check_global_batch(cfg, procs, r.job.get("global_batch_size")))
-        lines.append(estimate_memory_line(cfg, procs, report.lengths if report else [], int(r.launch.get("gpus_per_node", 1))))
-        task = TrainTask(job, r.values, r.launch.get("platform"), report)
+        checks, report = training_checks(job, cfg, job_dir, spec.world_size, spec.gpus_per_node,
+                                         r.job.get("global_batch_size"), r.job.get("gpu_gib"))
+        lengths_checked = report is not None and len(report.lengths) == len(report.good)
+        task = TrainTask(job, r.values, r.launch.get("platform"), report if lengths_checked else None)
         resolved_config = {"job": job, **r.values}
-
-    spec = LaunchSpec.from_options({**r.launch, "job_dir": job_dir, "name": job_dir.name})
-    lines.append(f"launch: executor={resolve_executor(spec.executor)} nodes={spec.nodes} procs/node={spec.gpus_per_node}"
-                 + (f" cluster={spec.cluster}" if spec.cluster else ""))
-    print("\n".join(lines))
+        fields = cfg.to_dict()
+        fields.update(fields.pop("training_args"))
+        listing = {"config": {**dpo, **fields}}
+    try:
+        executor = resolve_executor(spec.executor)
+        checks.append(Check("launch", PASSED, f"executor={executor} nodes={spec.nodes} procs/node={spec.gpus_per_node}"
+                                              + (f" cluster={spec.cluster}" if spec.cluster else "")))
+    except ValueError as e:
+        checks.append(Check("launch", FAILED, str(e)))
     if dry_run:
-        print(yaml.safe_dump({"config": resolved_config, "launch": r.launch}, sort_keys=False))
+        listing["launch"] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("job_dir", "name")}
+        listing["job"] = r.job
+        lines += ["", "resolved config (# where each value came from):", config_listing(listing, origins), "", "checks:"]
+    print("\n".join(lines + [str(c) for c in checks]))
+    bad = [c.name for c in checks if c.status == FAILED]
+    if bad:
+        where = ""
+        if "data" in bad and report is not None and report.problems and "output directory" not in bad and not dry_run:
+            atomic_write_json(job_dir / "validation.json", report.to_dict())
+            where = f" (the bad samples: {job_dir / 'validation.json'})"
+        raise CommandFailed(f"{len(bad)} check(s) failed: {', '.join(bad)}{where}; "
+                            + ("this was a dry run" if dry_run else "nothing was submitted"))
+    if dry_run:
         return
 
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +166,7 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
     try:
         handle.wait()
     except JobFailed as e:
-        raise SystemExit(str(e)) from None
+        raise CommandFailed(str(e)) from None
     print(f"done: {job_dir}")
 
 
@@ -151,7 +184,6 @@ class _EvalTask:
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main, name="jobs.submit")
-    except ValueError as e:  # bad flags, configs and data: the message names them, a traceback adds nothing
-        raise SystemExit(f"jobs.submit: {e}") from None
+    from jobs.help import submit_help
+
+    run(main, "jobs.submit", submit_help)

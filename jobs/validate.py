@@ -1,22 +1,24 @@
 """``python -m jobs.validate --data_path D --image_folder I [--model_name_or_path M --vision_tower V] [...]``
 
 Checks every sample before a job starts (the same checks ``jobs.submit`` makes): malformed
-records, missing or corrupt images, samples longer than ``model_max_length`` after image-token
-expansion. Prints the problems with file and record index; ``--out FILE`` writes them as JSON.
-Exits 1 when a bad sample is found (unless ``--on_bad_sample skip``).
+records, missing or corrupt images, and, when the tokenizer and vision tower are at hand, samples
+longer than ``model_max_length`` after image-token expansion. Prints the problems with file and
+record index; ``--out FILE`` writes them as JSON. Exits 1 when a bad sample is found (unless
+``--on_bad_sample skip``).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import fire
-
+from jobs.checks import FAILED, check_data, check_models
+from jobs.cli import CommandFailed, UsageError, run
 from jobs.options import resolve, train_config
 from llava_core.io import atomic_write_json
-from llava_core.train import validate_data
 
 
-def main(preset: str | None = None, config: str | None = None, out: str | None = None, **flags: Any) -> None:
+def main(preset: str | None = None, config: str | None = None, out: str | None = None,
+         tokenizer: str | None = None, **flags: Any) -> None:
     """Validate the data a job would train on (flags as for ``jobs.submit``)."""
     r = resolve(preset, config, flags)
     if r.job.get("demo_assets"):
@@ -26,14 +28,25 @@ def main(preset: str | None = None, config: str | None = None, out: str | None =
             r.values.setdefault(k, v)
     cfg = train_config({**r.values, "output_dir": r.values.get("output_dir") or "unused"})
     if not cfg.data_path:
-        raise SystemExit("--data_path is required")
-    report = validate_data(cfg)
-    print(report.summary(limit=200))
-    if out:
+        raise UsageError("--data_path is required (python -m jobs.validate --help)")
+    located = None
+    if tokenizer:
+        cfg = dataclasses.replace(cfg, model_name_or_path=tokenizer)
+    if not cfg.model_name_or_path:
+        why = "they need the tokenizer: pass --model_name_or_path (or --tokenizer) and --vision_tower"
+    else:
+        model_check, located = check_models(cfg)
+        why = f"they need the tokenizer and the image-token count: {model_check.detail}"
+    checks, report = check_data(cfg, located, why)
+    for check in checks:
+        print(check)
+    if out and report is not None:
         atomic_write_json(out, report.to_dict())
-    if report.problems and cfg.on_bad_sample == "fail":
-        raise SystemExit(1)
+    if any(c.status == FAILED for c in checks):
+        raise CommandFailed("bad data: see above" + (f" and {out}" if out and report is not None else ""))
 
 
 if __name__ == "__main__":
-    fire.Fire(main, name="jobs.validate")
+    from jobs.help import validate_help
+
+    run(main, "jobs.validate", validate_help)
