@@ -3,7 +3,9 @@
 Python, torch and its CUDA/HIP build, the visible devices, DeepSpeed with its C++/CUDA ops
 (prebuilt into the wheel, compatible = can be JIT-built here, already JIT-built in
 ``TORCH_EXTENSIONS_DIR``), transformers, peft, accelerate and whether flash-attn is importable.
-``--json`` prints the same as one JSON object.
+``--json`` prints the same as one JSON object; ``--check`` exits non-zero, saying why, when the
+stack cannot train here (transformers does not see torch, or LLaVA, peft or DeepSpeed do not import):
+the image builds and the site install run it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,35 @@ def collect() -> dict:
     return info
 
 
+def check() -> list[str]:
+    """What keeps this environment from training: one line per problem, empty when it can."""
+    problems = []
+    try:
+        import torch
+    except ImportError as e:
+        return [f"torch does not import ({e}): install the platform's torch first (on SCNet: "
+                "module load compiler/dtk/<version> and activate the env with Hygon's DAS torch)"]
+    import transformers
+
+    if not transformers.is_torch_available():
+        problems.append(
+            f"transformers {transformers.__version__} does not see torch {torch.__version__} (transformers 5 "
+            "needs torch >= 2.6): on torch 2.1-2.5 install the dcu stack, docker/lock/dcu-py310.txt")
+    else:
+        try:
+            from transformers import LlavaForConditionalGeneration  # noqa: F401
+        except ImportError as e:
+            problems.append(f"transformers {transformers.__version__}: LlavaForConditionalGeneration does not import ({e})")
+    for name in ("peft", "deepspeed", "accelerate"):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                importlib.import_module(name)
+        except Exception as e:  # a broken install fails in many ways (ImportError, AttributeError...)
+            problems.append(f"{name} {_version(name) or '(not installed)'} does not import with torch "
+                            f"{torch.__version__}: {type(e).__name__}: {e}")
+    return problems
+
+
 def _text(info: dict) -> str:
     v = info["versions"]
     build = (f"CUDA {info['cuda']}" if info["cuda"] else f"HIP {info['hip']}" if info["hip"] else "CPU")
@@ -96,9 +127,21 @@ def main(argv: list[str] | None = None) -> None:
     """Print the stack as text, or as JSON with ``--json``."""
     parser = argparse.ArgumentParser(prog="python -m jobs.stack", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 with the reasons when this stack cannot train (for image builds and site installs)")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check()
+        for line in problems:
+            print(f"stack check: {line}", file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
+        print(f"stack check: torch {_version('torch')}, transformers {_version('transformers')}, peft "
+              f"{_version('peft')}, deepspeed {_version('deepspeed')}, accelerate {_version('accelerate')}: ok")
+        return
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout
         info = collect()
-    print(json.dumps(info, indent=2) if parser.parse_args(argv).json else _text(info))
+    print(json.dumps(info, indent=2) if args.json else _text(info))
 
 
 if __name__ == "__main__":

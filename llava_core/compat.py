@@ -89,3 +89,17 @@ def sequential_sampling_kwargs() -> dict[str, Any]:
     """TrainingArguments for an unshuffled data order: ``train_sampling_strategy`` is new in
     transformers 5; 4.x has no such switch (its Trainer always shuffles)."""
     return {"train_sampling_strategy": "sequential"} if TRANSFORMERS >= Version("5") else {}
+
+
+def gloo_collectives_fallback() -> None:
+    """Before torch 2.3 gloo has no ``all_gather_into_tensor`` / ``reduce_scatter_tensor``
+    ("no support for _allgather_base in Gloo process group"), but DeepSpeed picks them because
+    torch defines them. Without them DeepSpeed falls back to list all-gathers and all-reduces.
+    Call after DeepSpeed's communication backend is up, on gloo (CPU) runs only."""
+    if TORCH >= Version("2.3"):
+        return
+    import deepspeed.comm.comm as ds_comm
+
+    if ds_comm.cdb is not None:
+        ds_comm.cdb.all_gather_function = None
+        ds_comm.cdb.reduce_scatter_function = None
