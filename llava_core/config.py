@@ -12,18 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-PROMPT_VERSIONS = {
-    "plain": "plain",
-    "v1": "vicuna_v1",
-    "vicuna_v1": "vicuna_v1",
-    "llava_v1": "vicuna_v1",
-    "chat_template": "chat_template",
-    "gemma": "chat_template",
-    "llama3": "chat_template",
-    "qwen": "chat_template",
-    "qwen_2": "chat_template",
-    "mistral": "chat_template",
-}
+from llava_core.conversation import PROMPT_VERSIONS
+
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 ASPECT_RATIOS = ("pad", "resize", "crop")
 
@@ -38,7 +28,8 @@ class TrainConfig:
     vision_tower: str | None = None
     """CLIP/SigLIP-like vision model or full CLIP model (hub id or local path)."""
     version: str = "v1"
-    """Prompt format: plain (stage 1), v1/vicuna_v1, or chat_template (the tokenizer's own)."""
+    """Prompt format, LLaVA's template names: plain (stage 1), v1 = vicuna_v1 (LLaVA-1.5), llava_v1,
+    llava_llama_2, mistral_instruct, chatml_direct; or chat_template (the tokenizer's own)."""
     mm_projector_type: str = "mlp2x_gelu"
     """Projector between vision features and LLM embeddings: linear or mlp2x_gelu."""
     mm_vision_select_layer: int = -2

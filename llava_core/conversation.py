@@ -1,21 +1,80 @@
 """Prompt formats: turn a LLaVA conversation into text plus the character spans that are answers.
 
-Labels are derived from these spans through the tokenizer's offsets, so the training text is the
-exact string that inference sees and no "tokenization mismatch" can occur.
+The LLaVA templates (``plain``, ``vicuna_v1``, ``llava_v1``, ``llava_llama_2``, ``mistral_instruct``,
+``chatml_direct``) render the text of LLaVA's ``Conversation.get_prompt``; the tokenizer's own chat
+template is ``chat_template``. Labels are derived from the answer spans through the tokenizer's
+offsets, so the training text is the exact string that inference sees and no "tokenization
+mismatch" can occur.
+
+LLaVA tokenizes the text between ``<image>`` placeholders piece by piece (``tokenizer_image_token``),
+so each piece, and the first after BOS, starts as a fresh text would: with a Llama tokenizer in
+``legacy=False`` mode a word prefix ("▁") that one tokenization of the whole string leaves out.
+:func:`chunk_space` finds what has to be written there for this tokenizer, so that the whole string
+tokenizes to LLaVA's ids.
 """
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IMAGE_TOKEN = "<image>"
 VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+LLAVA_LLAMA_2_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that "
+    "the user provides, and assist the user with a variety of tasks using natural language."
 )
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 Turn = tuple[str, str]  # (role 'user' | 'assistant', text)
 Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Template:
+    """One of LLaVA's ``conv_templates``: its separator style, system prompt and role names.
+
+    ``sep``/``sep2`` are LLaVA's; ``"<s>"``/``"</s>"`` there stand for the tokenizer's BOS/EOS.
+    """
+
+    style: str  # plain | two | llama_2 | mpt
+    system: str = ""
+    roles: tuple[str, str] = ("USER", "ASSISTANT")
+    sep: str = " "
+    sep2: str = "</s>"
+
+
+TEMPLATES = {
+    "plain": Template("plain", sep="\n"),
+    "vicuna_v1": Template("two", VICUNA_SYSTEM),
+    "llava_v1": Template("two", LLAVA_V1_SYSTEM),
+    "llava_llama_2": Template("llama_2", LLAVA_LLAMA_2_SYSTEM, sep="<s>"),
+    "mistral_instruct": Template("llama_2", sep=""),
+    "chatml_direct": Template("mpt", "<|im_start|>system\nAnswer the questions.",
+                              ("<|im_start|>user\n", "<|im_start|>assistant\n"), sep="<|im_end|>"),
+}
+# --version names (LLaVA's conv_templates keys and the LLM families whose own chat template is used)
+# -> prompt format
+PROMPT_VERSIONS = {
+    **{name: name for name in TEMPLATES},
+    "v1": "vicuna_v1",
+    "mistral_direct": "chatml_direct",
+    "chat_template": "chat_template",
+    "gemma": "chat_template",
+    "llama3": "chat_template",
+    "qwen": "chat_template",
+    "qwen_2": "chat_template",
+    "mistral": "chat_template",
+}
 
 
 class ConversationError(ValueError):
@@ -46,52 +105,131 @@ def normalise_turns(conversations: list[dict]) -> list[Turn]:
     return turns
 
 
-def move_image_first(turns: list[Turn], n_images: int) -> list[Turn]:
-    """As LLaVA: the image placeholder goes at the start of the first human turn (added if absent)."""
-    if n_images == 0:
+def image_first(text: str) -> str:
+    """LLaVA's ``preprocess_multimodal`` for a message holding ``<image>``: the placeholder moves to
+    its start, followed by a newline and the rest of the message, stripped."""
+    return (IMAGE_TOKEN + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
+
+
+def place_images(turns: list[Turn], n_images: int) -> list[Turn]:
+    """As LLaVA for a one-image record: the message that holds ``<image>`` gets it at its start (the
+    first human turn when no message has one); no other message changes. Text-only records, and
+    records of several images (the user's placement is kept), are returned as they are."""
+    if n_images != 1:
         return turns
-    found = sum(t.count(IMAGE_TOKEN) for _, t in turns)
-    if found > 1 or n_images > 1:
-        return turns  # several images: keep the user's placement
-    first = turns[0][1].replace(IMAGE_TOKEN, "").strip()
-    rest = [(r, t.replace(IMAGE_TOKEN, "").strip() if i else t) for i, (r, t) in enumerate(turns)][1:]
-    return [("user", IMAGE_TOKEN + "\n" + first)] + rest
+    holders = [i for i, (_, t) in enumerate(turns) if IMAGE_TOKEN in t]
+    if len(holders) > 1 or sum(t.count(IMAGE_TOKEN) for _, t in turns) > 1:
+        return turns  # more placeholders than images: the caller reports it
+    k = holders[0] if holders else 0
+    return [(r, image_first(t) if i == k else t) for i, (r, t) in enumerate(turns)]
 
 
-def render(turns: list[Turn], fmt: str, tokenizer: PreTrainedTokenizerBase, add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
-    """The text of a conversation and the spans of its answers (eos included where the format has one).
+def chunk_space(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What to write after a special token so the text after it tokenizes as it does on its own:
+    ``" "`` for a Llama tokenizer with ``legacy=False`` (whose word prefix "▁" only starts the whole
+    string), ``""`` for one that adds it after every special token (``legacy=True``) or has none."""
+    special = IMAGE_TOKEN if IMAGE_TOKEN in tokenizer.get_vocab() else (tokenizer.bos_token or tokenizer.eos_token)
+    if not special:
+        return ""
+    alone = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for space in ("", " "):
+        if tokenizer(special + space + "a", add_special_tokens=False)["input_ids"][1:] == alone:
+            return space
+    return ""
+
+
+def lead_text(template: Template | None, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text before the template's own: the BOS token where the tokenizer has one (where LLaVA's
+    tokenizer adds it); ``chatml_direct`` only when the tokenizer adds a BOS by itself."""
+    bos = tokenizer.bos_token or ""
+    if template is not None and template.style == "mpt":
+        ids = tokenizer("a")["input_ids"]
+        return bos if bos and ids and ids[0] == tokenizer.bos_token_id else ""
+    return bos
+
+
+class _Text:
+    """Text being built, writing ``space`` where a piece starts after BOS or an ``<image>`` (unless
+    it starts with a space or a special token, which tokenize the same either way)."""
+
+    def __init__(self, lead: str, space: str, specials: tuple[str, ...]):
+        self.text = lead
+        self.space = space
+        self.specials = specials
+        self.fresh = bool(lead)
+
+    def add(self, s: str) -> Span:
+        start = len(self.text)
+        for i, part in enumerate(s.split(IMAGE_TOKEN)):
+            if i:
+                self.text += IMAGE_TOKEN
+                self.fresh = True
+            if part:
+                if self.fresh and not part.startswith((" ", *self.specials)):
+                    self.text += self.space
+                self.text += part
+                self.fresh = False
+        return start, len(self.text)
+
+
+def _render_template(turns: list[Turn], t: Template, tokenizer: PreTrainedTokenizerBase,
+                     add_generation_prompt: bool) -> tuple[str, list[Span]]:
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    out = _Text(lead_text(t, tokenizer), chunk_space(tokenizer), tuple(tokenizer.get_added_vocab()))
+    spans: list[Span] = []
+    if t.style == "plain":
+        # preprocess_plain: the first message is reduced to its image; the caption is all trained
+        out.add(IMAGE_TOKEN if IMAGE_TOKEN in turns[0][1] else "")
+        if not add_generation_prompt:
+            spans.append(out.add(turns[1][1] + t.sep))
+        return out.text, spans
+    if t.style == "two":
+        out.add(t.system + t.sep)
+        for role, msg in turns:
+            if role == "user":
+                out.add(f"{t.roles[0]}: {msg}{t.sep}" if msg else f"{t.roles[0]}:")
+                out.add(f"{t.roles[1]}:")
+            else:  # LLaVA trains from the space after "ASSISTANT:" on ("▁4" is "▁", "4" in Llama)
+                spans.append(out.add(" " + msg + eos))
+        return out.text, spans
+    if t.style == "llama_2":
+        for i, (role, msg) in enumerate(turns):
+            if role == "user":
+                if i == 0 and t.system:
+                    msg = f"<<SYS>>\n{t.system}\n<</SYS>>\n\n{msg}"
+                # LLaVA writes sep before each round and strips the first one
+                out.add(("" if i == 0 else t.sep.replace("<s>", bos)) + f"[INST] {msg} [/INST]")
+            else:
+                spans.append(out.add(" " + msg + " " + eos))
+        return out.text, spans
+    if t.style == "mpt":
+        out.add(t.system + t.sep)
+        for role, msg in turns:
+            if role == "user":
+                out.add(t.roles[0] + msg + t.sep)
+                out.add(t.roles[1])
+            else:
+                spans.append(out.add(msg + t.sep))
+        return out.text, spans
+    raise ConversationError(f"unknown template style {t.style!r}")
+
+
+def render(turns: list[Turn], fmt: str, tokenizer: PreTrainedTokenizerBase,
+           add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+    """The text of a conversation and the spans of its trained tokens (as LLaVA trains them: the
+    separator before an answer, the answer, and the end-of-turn token).
 
     With ``add_generation_prompt`` the last turn must be a user turn and the text ends where the
     assistant's answer would start.
     """
-    bos = tokenizer.bos_token or ""
-    eos = tokenizer.eos_token or ""
-    spans: list[Span] = []
-    if fmt == "plain":
-        image = IMAGE_TOKEN if IMAGE_TOKEN in turns[0][1] else ""
-        text = bos + image
-        if add_generation_prompt:
-            return text, spans
-        start = len(text)
-        text += turns[1][1] + "\n"
-        spans.append((start, len(text)))
-        return text, spans
-    if fmt == "vicuna_v1":
-        text = bos + VICUNA_SYSTEM + " "
-        for role, msg in turns:
-            if role == "user":
-                text += "USER: " + msg + " ASSISTANT:"
-            else:
-                text += " "
-                start = len(text)
-                text += msg + eos
-                spans.append((start, len(text)))
-        return text, spans
+    if fmt in TEMPLATES:
+        return _render_template(turns, TEMPLATES[fmt], tokenizer, add_generation_prompt)
     if fmt == "chat_template":
         if not getattr(tokenizer, "chat_template", None):
             raise ConversationError("--version chat_template: this tokenizer has no chat template")
         messages = [{"role": r, "content": t} for r, t in turns]
         full = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        spans: list[Span] = []
         for i, (role, _) in enumerate(turns):
             if role != "assistant":
                 continue
@@ -106,7 +244,66 @@ def render(turns: list[Turn], fmt: str, tokenizer: PreTrainedTokenizerBase, add_
 
 def generation_prompt(question: str, fmt: str, tokenizer: PreTrainedTokenizerBase, with_image: bool) -> str:
     """The prompt text for asking ``question`` (about one image when ``with_image``)."""
-    q = (IMAGE_TOKEN + "\n" + question) if with_image and IMAGE_TOKEN not in question else question
+    turns = place_images([("user", question)], 1 if with_image else 0)
     if fmt == "plain":
-        return render([("user", q), ("assistant", "")], fmt, tokenizer, add_generation_prompt=True)[0]
-    return render([("user", q)], fmt, tokenizer, add_generation_prompt=True)[0]
+        turns = turns + [("assistant", "")]
+    return render(turns, fmt, tokenizer, add_generation_prompt=True)[0]
+
+
+_BODY = (
+    "{%- macro body(m) -%}"
+    "{%- if m['content'] is string -%}{%- set n = m['content'].count('<image>') -%}{%- set text = m['content'] -%}"
+    "{%- else -%}{%- set ns = namespace(n=0, text='') -%}"
+    "{%- for c in m['content'] -%}{%- if c['type'] == 'image' -%}{%- set ns.n = ns.n + 1 -%}"
+    "{%- elif c['type'] == 'text' -%}{%- set ns.text = ns.text + c['text'] -%}{%- endif -%}{%- endfor -%}"
+    "{%- set n = ns.n -%}{%- set text = ns.text -%}{%- endif -%}"
+    "{%- if n -%}{%- set rest = text.replace('<image>', '') | trim -%}{{ '<image>' * n }}"
+    "{%- if rest -%}{{ SPACE }}{{ '\\n' }}{{ rest }}{%- endif -%}"
+    "{%- else -%}{{ text }}{%- endif -%}"
+    "{%- endmacro -%}"
+)
+
+
+def chat_template(fmt: str, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """A Jinja chat template that renders what :func:`render` renders for ``fmt`` with this
+    tokenizer (None for ``chat_template``, which is the tokenizer's own), for the processor to save:
+    ``apply_chat_template`` then prompts the model exactly as training did. Messages are
+    ``{"role": "user" | "assistant", "content": str | [{"type": "image"}, {"type": "text", ...}]}``;
+    the image goes to the start of its message, as LLaVA places it."""
+    if fmt not in TEMPLATES:
+        return None
+    t = TEMPLATES[fmt]
+    lead, space = lead_text(t, tokenizer), chunk_space(tokenizer)
+    specials = (" ", *tokenizer.get_added_vocab())
+
+    def start(piece: str) -> str:  # what _Text writes before the first piece after the lead
+        return space if lead and not piece.startswith(specials) else ""
+
+    def lit(s: str) -> str:
+        return "{{ " + repr(s) + " }}"
+
+    head = (_BODY.replace("{{ SPACE }}", lit(space)) + "{%- if messages[0]['role'] == 'system' -%}"
+            "{{ raise_exception('the " + fmt + " template has its own system prompt') }}{%- endif -%}" + lit(lead))
+    user, asst = "{%- if m['role'] == 'user' -%}", "{%- else -%}"
+    loop = "{%- for m in messages -%}"
+    end = "{%- endif -%}{%- endfor -%}"
+    if t.style == "plain":  # the question is dropped, the caption follows the image
+        has_image = ("(m['content'] is string and '<image>' in m['content']) or (m['content'] is not string and "
+                     "m['content'] | selectattr('type', 'equalto', 'image') | list)")
+        return (head + "{%- set p = namespace(fresh=" + str(bool(lead)).lower() + ") -%}" + loop + user
+                + "{%- if " + has_image + " -%}" + lit(IMAGE_TOKEN) + "{%- set p.fresh = true -%}{%- endif -%}"
+                + asst + "{%- set a = body(m) -%}{%- if p.fresh and not a.startswith(" + repr(specials) + ") -%}"
+                + lit(space) + "{%- endif -%}{{ a }}" + lit(t.sep) + end)
+    if t.style == "two":
+        first = t.system + t.sep
+        return (head + lit(start(first) + first) + loop + user + lit(t.roles[0] + ": ") + "{{ body(m) }}"
+                + lit(t.sep + t.roles[1] + ":") + asst + lit(" ") + "{{ body(m) }}{{ eos_token }}" + end)
+    if t.style == "llama_2":
+        system = f"<<SYS>>\n{t.system}\n<</SYS>>\n\n" if t.system else ""
+        sep = "{{ bos_token }}" if t.sep == "<s>" else lit(t.sep)
+        return (head + loop + user + "{%- if loop.first -%}" + lit(start("[INST] ") + "[INST] " + system)
+                + "{%- else -%}" + sep + lit("[INST] ") + "{%- endif -%}{{ body(m) }}" + lit(" [/INST]")
+                + asst + lit(" ") + "{{ body(m) }}" + lit(" ") + "{{ eos_token }}" + end)
+    first = t.system + t.sep  # mpt
+    return (head + lit(start(first) + first) + loop + user + lit(t.roles[0]) + "{{ body(m) }}"
+            + lit(t.sep + t.roles[1]) + asst + "{{ body(m) }}" + lit(t.sep) + end)

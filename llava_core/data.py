@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from llava_core.conversation import IMAGE_TOKEN, ConversationError, move_image_first, normalise_turns, render
+from llava_core.conversation import IMAGE_TOKEN, ConversationError, normalise_turns, place_images, render
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -114,7 +114,7 @@ def conversation_turns(record: Record, fmt: str) -> list[tuple[str, str]]:
     if not isinstance(data.get("conversations"), list):
         raise ConversationError("missing 'conversations' list")
     n_images = len(record.images)
-    turns = move_image_first(normalise_turns(data["conversations"]), n_images)
+    turns = place_images(normalise_turns(data["conversations"]), n_images)
     placeholders = sum(t.count(IMAGE_TOKEN) for _, t in turns)
     if placeholders != n_images:
         raise ConversationError(f"{placeholders} <image> placeholders for {n_images} images")

@@ -29,6 +29,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from llava_core.config import TrainConfig
+from llava_core.conversation import chat_template
 from llava_core.data import Encoder, ImageLoader, n_image_tokens
 from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
 from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
@@ -234,6 +235,7 @@ def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
     # as in train(): built before the TrainingArguments hold a ZeRO-3 config (no zero.Init)
     set_seed(cfg.seed)
     model, processor = build_model(cfg)
+    processor.chat_template = chat_template(cfg.prompt_format, processor.tokenizer) or processor.chat_template
     args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
     dataset = dpo_dataset(cfg, model, processor)

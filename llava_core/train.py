@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from llava_core.compat import dtype_kwargs, gloo_collectives_fallback, tensorboard_kwargs, warmup_kwargs
 from llava_core.config import TrainConfig
+from llava_core.conversation import chat_template
 from llava_core.data import (
     Collator,
     add_blank_image,
@@ -293,6 +294,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     # partitions the finished model when the Trainer initialises it.
     set_seed(cfg.seed)  # the new projector and embedding rows are random: the same seed, the same start
     model, processor = build_model(cfg)
+    processor.chat_template = chat_template(cfg.prompt_format, processor.tokenizer) or processor.chat_template
     args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
     model = apply_freeze_plan(model, cfg)

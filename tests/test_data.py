@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from llava_core.config import TrainConfig
-from llava_core.conversation import ConversationError, generation_prompt, move_image_first, normalise_turns, render
+from llava_core.conversation import ConversationError, generation_prompt, normalise_turns, place_images, render
 from llava_core.data import IGNORE_INDEX, Collator, Encoder, ModalityLengthGroupedSampler, Record, load_records
 from llava_core.model import load_processor
 from llava_core.train import validate_data
@@ -84,10 +84,13 @@ def test_text_only_sample_has_no_image_tokens(processor):
     assert proc.tokenizer.convert_tokens_to_ids("<image>") not in enc["input_ids"]
 
 
-def test_image_placeholder_is_moved_first_as_llava_does():
+def test_image_placeholder_is_moved_first_in_its_own_message_as_llava_does():
     turns = normalise_turns([{"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A cat."}])
-    assert move_image_first(turns, 1)[0] == ("user", "<image>\nWhat is it?")
-    assert move_image_first([("user", "What?"), ("assistant", "x")], 1)[0] == ("user", "<image>\nWhat?")
+    assert place_images(turns, 1)[0] == ("user", "<image>\nWhat is it?")
+    assert place_images([("user", "What?"), ("assistant", "x")], 1)[0] == ("user", "<image>\nWhat?")
+    later = [("user", " Hi "), ("assistant", " Hello "), ("user", "And <image> now? "), ("assistant", "x")]
+    assert place_images(later, 1) == [later[0], later[1], ("user", "<image>\nAnd  now?"), later[3]]
+    assert place_images(later, 0) == later
 
 
 @pytest.mark.parametrize("conv, message", [
