@@ -25,7 +25,7 @@ ARG GPU_ARCH_LIST
 ARG FLASH_ATTN_SPEC=""
 ARG MAX_JOBS=4
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY docker/scripts/install-stack.sh /opt/llava/bin/
+COPY docker/scripts/install-stack.sh docker/scripts/held_packages.py /opt/llava/bin/
 COPY docker/lock/py311.txt /opt/llava/lock.txt
 COPY wheels/ /tmp/wheels/
 RUN /opt/llava/bin/install-stack.sh /opt/llava/lock.txt && rm -rf /tmp/wheels
@@ -35,7 +35,9 @@ COPY pyproject.toml README.md /tmp/src/
 COPY llava_core /tmp/src/llava_core
 COPY cluster /tmp/src/cluster
 COPY jobs /tmp/src/jobs
-RUN python -m pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
+# ... and a loud failure when the stack cannot train on this base (transformers not seeing torch...)
+RUN python -m pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src \
+    && python -m jobs.stack --check
 COPY docker/entrypoint.sh /opt/llava/bin/
 
 ENV HF_HOME=/cache/huggingface TORCH_EXTENSIONS_DIR=/cache/torch_extensions \

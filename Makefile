@@ -1,25 +1,57 @@
 # The two commands of the README: `make demo` and `make test` (CI runs .ci/run, which runs `make test`).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch first, from this machine's wheel folder when there is one (a CPU build); then the project
+# torch first, from this machine's wheel folder when there is one (a CPU build); then the project at
+# the modern stack's lock
 TORCH_SPEC ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+LOCK := docker/lock/py311.txt
 
-.PHONY: setup demo test test-fast
+# The dcu stack (docs/scnet.md): Python 3.10, the site's torch and DeepSpeed, docker/lock/dcu-py310.txt.
+# Here PyPI's torch 2.1.2 (the DAS torch of DTK 24.04; a CUDA build, run on the CPU) and DeepSpeed
+# 0.14.2 (DAS, DTK 25.04) stand in for Hygon's builds; scripts/install-site.sh installs the rest
+# exactly as on an SCNet node.
+DCU_VENV ?= .venv-dcu
+DCU_PYTHON ?= $(shell command -v python3.10 || echo python3)
+DCU_TORCH_SPEC ?= torch==2.1.2
+DCU_DEEPSPEED_SPEC ?= deepspeed==0.14.2
+# on the dcu stack: every group but the container and Slurm ones (those test images and launchers,
+# not library versions) and the full demo (the short demo runs instead: tests/test_demo.py)
+DCU_MARKERS ?= not slurm and not docker
+VERMIN = $(PY) -m vermin -t=3.10- --violations --no-tips --eval-annotations --exclude long
+
+.PHONY: setup setup-dcu demo test test-fast test-dcu lint
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(FIND_LINKS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q $(FIND_LINKS) -e '.[test]'
+	$(PY) -m pip install -q $(FIND_LINKS) -c $(LOCK) -e '.[test]'
+	touch $@
+
+setup-dcu: $(DCU_VENV)/.installed
+
+$(DCU_VENV)/.installed: pyproject.toml docker/lock/dcu-py310.txt scripts/install-site.sh
+	$(DCU_PYTHON) -m venv $(DCU_VENV)
+	$(DCU_VENV)/bin/python -m pip install -q "$(DCU_TORCH_SPEC)" numpy==1.26.4
+	$(DCU_VENV)/bin/python -m pip install -q "$(DCU_DEEPSPEED_SPEC)"
+	PYTHON=$(DCU_VENV)/bin/python bash scripts/install-site.sh --test
 	touch $@
 
 demo: setup
 	$(PY) -m jobs.submit demo
 
-test: setup
-	$(PY) -m pytest
+lint: setup
+	$(VERMIN) llava_core jobs cluster bench tests
+
+# both stacks, each telling the cross-stack checkpoint test where the other one is
+test: lint setup-dcu
+	LLAVA_OTHER_STACK_PYTHON=$(abspath $(DCU_VENV))/bin/python $(PY) -m pytest
+	$(MAKE) test-dcu
+
+test-dcu: setup-dcu
+	$(DCU_VENV)/bin/python -m pytest -m "$(DCU_MARKERS)" -k "not test_final_model_loads_on_the_other_stack"
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not distributed and not slurm and not docker and not demo"

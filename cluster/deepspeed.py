@@ -8,6 +8,7 @@ LLaVA's does) but no scheduler section, so the Trainer's ``lr_scheduler_type`` (
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).with_name("zero_configs")
@@ -27,11 +28,38 @@ def zero_config_path(name_or_path: str | Path) -> Path:
     )
 
 
+# DeepSpeed 0.14.1-0.14.2 (DAS ships 0.14.2 with DTK 25.04): ZeRO-3 with the optimizer offloaded
+# computes the gradient norm on the GPU and scales the CPU partitions with it: "Expected all tensors
+# to be on the same device" at the first step (DeepSpeed #5538, #5634; fixed in 0.14.3).
+ZERO3_OFFLOAD_BROKEN = ("0.14.1", "0.14.2")
+
+
+def known_bug(config: dict, platform: str | None, deepspeed_version: str | None = None) -> str | None:
+    """Why ``config`` cannot train with this DeepSpeed on ``platform``, with the fix; None if it can."""
+    version = deepspeed_version or _installed_deepspeed()
+    zero = config.get("zero_optimization", {})
+    offloaded = (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None)
+    if platform != "cpu" and zero.get("stage") == 3 and offloaded and version and version.split("+")[0] in ZERO3_OFFLOAD_BROKEN:
+        return (f"DeepSpeed {version} cannot run ZeRO-3 with the optimizer offloaded on a GPU (\"Expected all tensors "
+                "to be on the same device\" at the first step, DeepSpeed #5538/#5634, fixed in 0.14.3): use "
+                "--deepspeed zero2_offload (optimizer offload without the bug) or zero3 (no offload), or a "
+                "DeepSpeed outside 0.14.1-0.14.2 (on SCNet: the DAS build of another DTK version)")
+    return None
+
+
+def _installed_deepspeed() -> str | None:
+    try:
+        return metadata.version("deepspeed")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def load_zero_config(name_or_path: str | Path, platform: str | None = None) -> dict:
     """Load a ZeRO config by name or path; on ``platform="cpu"`` use torch's Adam.
 
     DeepSpeed's CPU accelerator otherwise JIT-compiles ``fused_adam`` (~46 s) or ``cpu_adam`` (~41 s)
-    for an optimizer section; ``"torch_adam": true`` makes it use ``torch.optim.AdamW``.
+    for an optimizer section; ``"torch_adam": true`` makes it use ``torch.optim.AdamW``. On a known
+    platform a config this DeepSpeed cannot run (:func:`known_bug`) is refused with the fix.
     """
     path = zero_config_path(name_or_path)
     try:
@@ -42,4 +70,6 @@ def load_zero_config(name_or_path: str | Path, platform: str | None = None) -> d
         raise ValueError(f"--deepspeed: {path} has no 'zero_optimization' section")
     if platform == "cpu" and "optimizer" in config:
         config["optimizer"].setdefault("params", {})["torch_adam"] = True
+    if platform is not None and (bug := known_bug(config, platform)):
+        raise ValueError(f"--deepspeed {name_or_path}: {bug}")
     return config

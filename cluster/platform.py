@@ -66,6 +66,11 @@ class Platform:
             change("tf32", False, _TF32_REASON[self.name])
         if out.get("bf16") and not self.supports_bf16:
             change("bf16", False, _BF16_REASON[self.name])
+        elif out.get("bf16") and not device_has_bf16():
+            change("bf16", False, "this card has no bf16 (older DCU/ROCm cards): training in fp16 instead")
+            out.setdefault("fp16", False)
+            change("fp16", True, "fp16 with loss scaling replaces bf16; a model pretrained in bf16 can overflow "
+                   "in fp16 (loss 0 or NaN in the first steps): check metrics.jsonl, or train in fp32")
         if out.get("fp16") and not self.supports_fp16:
             change("fp16", False, _FP16_REASON[self.name])
         attn = out.get("attn_implementation")
@@ -74,6 +79,13 @@ class Platform:
                    else f"flash-attn is not supported on {self.name}")
             change("attn_implementation", "sdpa", f"{why}; sdpa is the fallback")
         return out, changes
+
+
+def device_has_bf16() -> bool:
+    """Whether the visible accelerator computes in bf16 (True where none is visible: the rank decides)."""
+    import torch
+
+    return not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
 
 
 _TF32_REASON = {

@@ -1,8 +1,10 @@
 # llava-cluster, Hygon DCU image (SCNet), on the DTK PyTorch image.
 #   docker build -f docker/dcu.Dockerfile -t llava-cluster:dcu .
 # The base ships python 3.10, DTK (/opt/dtk) and Hygon's DAS builds of torch and DeepSpeed, matched
-# to the DTK version: both are kept (TORCH_SPEC / DEEPSPEED_SPEC override them). Python 3.10 caps
-# transformers at 5.20.x: the stack is docker/lock/dcu-py310.txt. Run with /opt/hyhal mounted.
+# to the DTK version: both are kept, and the build fails if the lock would change them (TORCH_SPEC /
+# DEEPSPEED_SPEC install them only on a base without). transformers 5 disables torch < 2.6, so the
+# stack is the dcu lock, docker/lock/dcu-py310.txt (transformers 4.55.4: DAS torch 2.1 and 2.4).
+# Run with /opt/hyhal mounted.
 ARG BASE_IMAGE=image.sourcefind.cn:5000/dcu/admin/base/pytorch:2.4.1-ubuntu22.04-dtk25.04-py3.10
 FROM ${BASE_IMAGE}
 
@@ -24,7 +26,7 @@ ARG GPU_ARCH_LIST
 ARG FLASH_ATTN_SPEC=""
 ARG MAX_JOBS=4
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY docker/scripts/install-stack.sh /opt/llava/bin/
+COPY docker/scripts/install-stack.sh docker/scripts/held_packages.py /opt/llava/bin/
 COPY docker/lock/dcu-py310.txt /opt/llava/lock.txt
 COPY wheels/ /tmp/wheels/
 RUN /opt/llava/bin/install-stack.sh /opt/llava/lock.txt && rm -rf /tmp/wheels
@@ -34,7 +36,9 @@ COPY pyproject.toml README.md /tmp/src/
 COPY llava_core /tmp/src/llava_core
 COPY cluster /tmp/src/cluster
 COPY jobs /tmp/src/jobs
-RUN python -m pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src
+# ... and a loud failure when the stack cannot train on this base (transformers not seeing torch...)
+RUN python -m pip install --no-deps --no-build-isolation /tmp/src && rm -rf /tmp/src \
+    && python -m jobs.stack --check
 COPY docker/entrypoint.sh /opt/llava/bin/
 
 ENV HF_HOME=/cache/huggingface TORCH_EXTENSIONS_DIR=/cache/torch_extensions \

@@ -11,9 +11,10 @@ Code elsewhere calls these helpers instead of testing versions itself.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,17 @@ def sequential_sampling_kwargs() -> dict[str, Any]:
     return {"train_sampling_strategy": "sequential"} if TRANSFORMERS >= Version("5") else {}
 
 
-def gloo_collectives_fallback() -> None:
-    """Before torch 2.3 gloo has no ``all_gather_into_tensor`` / ``reduce_scatter_tensor``
-    ("no support for _allgather_base in Gloo process group"), but DeepSpeed picks them because
-    torch defines them. Without them DeepSpeed falls back to list all-gathers and all-reduces.
-    Call after DeepSpeed's communication backend is up, on gloo (CPU) runs only."""
+def deepspeed_on_cpu() -> None:
+    """What DeepSpeed on CPU processes (gloo) needs from the dcu stack's older libraries; call once
+    its communication backend is up.
+
+    - DeepSpeed 0.14's CPU accelerator counts its devices with ``numactl`` (often not installed)
+      unless ``LOCAL_SIZE`` says how many processes share the machine;
+    - before torch 2.3 gloo has no ``all_gather_into_tensor`` / ``reduce_scatter_tensor`` ("no
+      support for _allgather_base in Gloo process group"), but DeepSpeed picks them because torch
+      defines them; without them it falls back to list all-gathers and all-reduces.
+    """
+    os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if TORCH >= Version("2.3"):
         return
     import deepspeed.comm.comm as ds_comm
@@ -103,3 +110,25 @@ def gloo_collectives_fallback() -> None:
     if ds_comm.cdb is not None:
         ds_comm.cdb.all_gather_function = None
         ds_comm.cdb.reduce_scatter_function = None
+
+
+@contextlib.contextmanager
+def own_checkpoint_loads() -> Iterator[None]:
+    """Let the Trainer ``torch.load`` a run's own checkpoint (optimizer, scheduler) on torch < 2.6.
+
+    transformers >= 4.50 refuses ``torch.load`` below torch 2.6 (CVE-2025-32434: a crafted file can
+    run code despite ``weights_only=True``), which blocks every resume on DAS torch 2.1/2.4. The files
+    read here are the ones this job wrote into its own job directory; the check is lifted for that
+    load only. transformers 5 requires torch >= 2.6, where the check passes anyway.
+    """
+    import transformers.trainer as hf_trainer
+
+    if TORCH >= Version("2.6") or not hasattr(hf_trainer, "check_torch_load_is_safe"):
+        yield
+        return
+    original = hf_trainer.check_torch_load_is_safe
+    hf_trainer.check_torch_load_is_safe = lambda: None
+    try:
+        yield
+    finally:
+        hf_trainer.check_torch_load_is_safe = original

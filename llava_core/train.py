@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from llava_core.compat import dtype_kwargs, gloo_collectives_fallback, tensorboard_kwargs, warmup_kwargs
+from llava_core.compat import deepspeed_on_cpu, dtype_kwargs, own_checkpoint_loads, tensorboard_kwargs, warmup_kwargs
 from llava_core.config import TrainConfig
 from llava_core.conversation import chat_template
 from llava_core.data import (
@@ -161,6 +161,10 @@ class LlavaTrainer(Trainer):
         saved = type(model).from_pretrained(resume_from_checkpoint, **dtype_kwargs(next(model.parameters()).dtype))
         model.load_state_dict(saved.state_dict(), strict=True)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with own_checkpoint_loads():  # the run's own files, on the dcu stack's torch < 2.6 too
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
             return self.optimizer
@@ -269,7 +273,7 @@ def _cpu_distributed_state(cfg: TrainConfig) -> bool:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     accelerate.PartialState(backend="gloo")
     if cfg.deepspeed:
-        gloo_collectives_fallback()
+        deepspeed_on_cpu()
     return True
 
 

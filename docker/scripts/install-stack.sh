@@ -9,6 +9,8 @@
 #   GPU_ARCH_LIST    archs to build ops for (no GPU at build time): TORCH_CUDA_ARCH_LIST with nvcc
 #                    (default 8.0;8.6;8.9;9.0), PYTORCH_ROCM_ARCH with hipcc (default gfx90a;gfx942)
 #   FLASH_ATTN_SPEC  e.g. flash-attn==2.8.3 (built against the installed torch); empty: sdpa only
+# The platform's torch, DeepSpeed and flash-attn are held (held_packages.py): the build fails if
+# the lock would change them. The image then runs `python -m jobs.stack --check` on the result.
 set -euo pipefail
 lock="$1"
 wheels=/tmp/wheels
@@ -21,8 +23,9 @@ if [ -n "${TORCH_SPEC:-}" ]; then
 fi
 torch_version="$(python -c 'import torch; print(torch.__version__)')" \
   || { echo "install-stack: the base image has no torch: set TORCH_SPEC" >&2; exit 1; }
-# Nothing below may replace the platform's torch.
-echo "torch==$torch_version" > /tmp/keep-torch.txt
+# Nothing below may replace the platform's torch (nor the base's DeepSpeed or flash-attn: DCU).
+keep=/tmp/keep-platform.txt
+python "$(dirname "$0")/held_packages.py" record "$keep"
 
 if command -v nvcc >/dev/null; then
   export TORCH_CUDA_ARCH_LIST="${GPU_ARCH_LIST:-8.0;8.6;8.9;9.0}"
@@ -40,14 +43,16 @@ esac
 
 # Build tools first: sdists in the lock (deepspeed) build against the installed torch.
 mapfile -t build_tools < <(grep -E '^(setuptools|wheel)==' "$lock")
-pip install -c /tmp/keep-torch.txt "${build_tools[@]}"
+pip install -c "$keep" "${build_tools[@]}"
 if [ -n "${DEEPSPEED_SPEC:-}" ]; then
-  pip install --no-build-isolation -c /tmp/keep-torch.txt "$DEEPSPEED_SPEC"
+  pip install --no-build-isolation -c "$keep" "$DEEPSPEED_SPEC"
+  python "$(dirname "$0")/held_packages.py" record "$keep"
 fi
-pip install --no-build-isolation -c /tmp/keep-torch.txt -r "$lock"
+pip install --no-build-isolation -c "$keep" -r "$lock"
 if [ -n "${FLASH_ATTN_SPEC:-}" ]; then
-  pip install --no-build-isolation -c /tmp/keep-torch.txt "$FLASH_ATTN_SPEC"
+  pip install --no-build-isolation -c "$keep" "$FLASH_ATTN_SPEC"
 fi
-python -c 'import torch, deepspeed, transformers, peft, accelerate, submitit, docker' \
-  && echo "install-stack: torch $torch_version + $(wc -l < "$lock") pinned lines installed"
-rm -f /tmp/keep-torch.txt
+python "$(dirname "$0")/held_packages.py" compare "$keep"
+python -c 'import submitit, docker' \
+  && echo "install-stack: kept $(tr '\n' ' ' < "$keep")+ $(wc -l < "$lock") pinned lines installed"
+rm -f "$keep"

@@ -4,10 +4,9 @@
 #
 #   docker/lock/py311.txt      CUDA and ROCm images (python 3.11/3.12): everything but torch,
 #                              resolved by pip in the stand-in next to torch
-#   docker/lock/dcu-py310.txt  DCU image (python 3.10): everything but torch and DeepSpeed (the
-#                              DTK image's DAS builds), resolved for 3.10 from binary wheels; pins
-#                              with no 3.10 release (transformers >= 5.21, numpy, pillow...) relax
-#                              to the newest release that supports 3.10 (printed on stderr)
+#   docker/lock/dcu-py310.txt  DCU image and SCNet envs (python 3.10): docker/lock/dcu.in (the dcu
+#                              stack's own pins: transformers 4.55.4...) resolved for 3.10 from
+#                              binary wheels, everything but torch and DeepSpeed (the DAS builds)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 IMAGE=local/llava-standin:cpu
@@ -35,19 +34,10 @@ run() { docker run --rm --network host -e DS_BUILD_OPS=0 -e PIP_PROGRESS_BAR=off
        grep -E '^(setuptools|wheel)==' <(pip freeze --all)" | sort -f -u
 } > "$ROOT/docker/lock/py311.txt"
 
-{ header "DCU image (python 3.10, linux x86_64); torch and deepspeed come from the DTK base image"
-  run "python -c '$DEPS' torch deepspeed > /tmp/req.txt
-       for _ in 1 2 3 4 5 6 7 8; do
-         if pip install -q --dry-run --ignore-installed --only-binary :all: --python-version 3.10 \
-              --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --target /tmp/t \
-              --report /tmp/report.json -r /tmp/req.txt setuptools==80.9.0 wheel==0.45.1 2>/tmp/err; then
-           break
-         fi
-         name=\$(sed -n -E 's/.*No matching distribution found for ([A-Za-z0-9_.-]+)==.*/\\1/p' /tmp/err)
-         [ -n \"\$name\" ] || { cat /tmp/err >&2; exit 1; }
-         echo \"lock.sh: \$name has no python 3.10 release at the pyproject pin: relaxed\" >&2
-         sed -i -E \"s/^\$name==.*/\$name/\" /tmp/req.txt
-       done
+{ header "DCU image and SCNet envs (python 3.10, linux x86_64); torch and deepspeed come from the DTK image or the site (DAS)" | sed 's/from pyproject.toml/from docker\/lock\/dcu.in/'
+  run "pip install -q --dry-run --ignore-installed --only-binary :all: --python-version 3.10 \
+         --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --target /tmp/t \
+         --report /tmp/report.json -r /src/docker/lock/dcu.in setuptools==80.9.0 wheel==0.45.1 >&2
        python -c 'import json; [print(i[\"metadata\"][\"name\"] + \"==\" + i[\"metadata\"][\"version\"]) for i in json.load(open(\"/tmp/report.json\"))[\"install\"]]'" \
     | grep -v -i -E '^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|sympy|mpmath|networkx)==' | sort -f -u
 } > "$ROOT/docker/lock/dcu-py310.txt"
