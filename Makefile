@@ -12,7 +12,9 @@ LOCK := docker/lock/py311.txt
 # 0.14.2 (DAS, DTK 25.04) stand in for Hygon's builds; scripts/install-site.sh installs the rest
 # exactly as on an SCNet node.
 DCU_VENV ?= .venv-dcu
-DCU_PYTHON ?= $(shell command -v python3.10 || echo python3)
+# a Python 3.10 that runs (pyenv's shim answers but refuses when 3.10 is not selected); else python3
+DCU_PYTHON ?= $(shell for p in python3.10 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10; do \
+  $$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && { echo $$p; exit; }; done; echo python3)
 DCU_TORCH_SPEC ?= torch==2.1.2
 DCU_DEEPSPEED_SPEC ?= deepspeed==0.14.2
 # on the dcu stack: every group but the container and Slurm ones (those test images and launchers,
