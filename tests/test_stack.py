@@ -35,3 +35,26 @@ def test_check_names_a_library_that_does_not_import(monkeypatch) -> None:
     monkeypatch.setattr(stack.importlib, "import_module", broken)
     (problem,) = stack.check()
     assert problem.startswith("deepspeed ") and "_get_socket_with_port" in problem
+
+
+ROOT = stack.Path(__file__).resolve().parents[1]
+
+
+def test_site_install_refuses_an_env_without_the_sites_torch(tmp_path) -> None:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "env")], check=True, timeout=120)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "install-site.sh")], capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "env" / "bin" / "python")})
+    assert done.returncode == 1
+    assert "torch does not import" in done.stderr and "module load compiler/dtk" in done.stderr
+
+
+def test_held_packages_catch_a_changed_platform_package(tmp_path) -> None:
+    script = [sys.executable, str(ROOT / "docker" / "scripts" / "held_packages.py")]
+    held = tmp_path / "held.txt"
+    subprocess.run([*script, "record", str(held)], check=True, timeout=60)
+    recorded = held.read_text()
+    assert recorded.startswith("torch==")
+    assert subprocess.run([*script, "compare", str(held)], timeout=60).returncode == 0
+    held.write_text(recorded.replace("torch==", "torch==0.0.1+das-", 1))
+    done = subprocess.run([*script, "compare", str(held)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "torch 0.0.1+das-" in done.stderr
