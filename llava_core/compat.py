@@ -132,3 +132,11 @@ def own_checkpoint_loads() -> Iterator[None]:
         yield
     finally:
         hf_trainer.check_torch_load_is_safe = original
+
+
+def checkpointing_kwargs(enabled: bool) -> dict[str, Any]:
+    """TrainingArguments for activation checkpointing (non-reentrant): transformers 5 renamed
+    ``gradient_checkpointing(_kwargs)`` to ``activation_checkpointing(_kwargs)`` (the old names warn);
+    4.x knows only the old ones."""
+    name = "activation_checkpointing" if TRANSFORMERS >= Version("5") else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}

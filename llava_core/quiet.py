@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 
 # (logger, part of the message, why it is noise here)
 LOG_RECORDS = (
@@ -18,11 +17,6 @@ LOG_RECORDS = (
     ("transformers.tokenization_utils_base", "Token indices sequence length",
      "validation measures every sample and never truncates (too long samples are reported)"),
     ("DeepSpeed", "Setting accelerator to CPU", "the platform check already chose the CPU"),
-)
-# (category, message regex): Python warnings caused by our own defaults
-WARNINGS = (
-    (FutureWarning, r"`gradient_checkpointing(_kwargs)?` is deprecated"),  # the LLaVA flag name, kept on purpose
-    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
 )
 
 
@@ -40,5 +34,3 @@ def quiet() -> None:
     """Install the filters (idempotent)."""
     for name, part, _why in LOG_RECORDS:
         logging.getLogger(name).addFilter(_Drop(part))
-    for category, message in WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)

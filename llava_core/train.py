@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from llava_core.compat import deepspeed_on_cpu, dtype_kwargs, own_checkpoint_loads, tensorboard_kwargs, warmup_kwargs
+from llava_core.compat import checkpointing_kwargs, deepspeed_on_cpu, dtype_kwargs, own_checkpoint_loads, tensorboard_kwargs, warmup_kwargs
 from llava_core.config import TrainConfig
 from llava_core.conversation import chat_template
 from llava_core.data import (
@@ -219,15 +219,14 @@ def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArgu
         lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         eval_strategy=cfg.evaluation_strategy, bf16=cfg.bf16, fp16=cfg.fp16,
-        gradient_checkpointing=cfg.gradient_checkpointing is True, dataloader_num_workers=cfg.dataloader_num_workers,
+        **checkpointing_kwargs(cfg.gradient_checkpointing is True), dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (else a warning)
         report_to=[r for r in cfg.report_to.split(",") if r and r != "none"] or "none", run_name=cfg.run_name,
         deepspeed=cfg.deepspeed or None, seed=cfg.seed, optim=cfg.optim, remove_unused_columns=False,
         save_only_model=False,
     )
     if cfg.tf32 is not None:
         kw["tf32"] = cfg.tf32
-    if cfg.gradient_checkpointing is True:
-        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if cpu_shared_state:
         kw["accelerator_config"] = {"use_configured_state": True}
     if "tensorboard" in cfg.report_to:  # event files under <output_dir>/tensorboard unless the user chose a folder
