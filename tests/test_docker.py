@@ -170,12 +170,13 @@ def test_compose_up_trains_the_demo(demo_workdir: Path) -> None:
 
 
 def test_compose_run_trains_any_job_in_the_dcu_image(demo_workdir: Path, docker_env: dict[str, str]) -> None:
-    """``docker compose run SERVICE finetune --preset ...`` in the DCU image (its python-3.10 lock:
-    transformers 5.20), reusing the demo's tiny model and data under ``runs/assets``."""
+    """``docker compose run SERVICE finetune --preset ...`` in the DCU image (the dcu lock:
+    transformers 4.55.4), reusing the demo's tiny model and data under ``runs/assets``, which the
+    CUDA image's transformers 5 wrote."""
     env = dict(docker_env, LLAVA_RUNS=str(demo_workdir / "runs"), LLAVA_DATA=str(demo_workdir / "data"))
     run(["docker", "compose", "-p", "llava-ci", *CI_COMPOSE, "--profile", "dcu", "run", "--rm",
          "train-dcu", "finetune", "--preset", "tiny"], env, timeout=600)
     (job_dir,) = (demo_workdir / "runs").glob("tiny-*")
     assert launch.job_state(job_dir)["state"] == "COMPLETED"
-    assert json.loads((job_dir / "env.json").read_text())["versions"]["transformers"] == "5.20.2"
+    assert json.loads((job_dir / "env.json").read_text())["versions"]["transformers"] == "4.55.4"
     assert (job_dir / "final" / "config.json").exists()
