@@ -4,9 +4,9 @@
 - VQA: the EvalAI / TextVQA answer normalisation (``m4c_evaluator.EvalAIAnswerProcessor``) with
   exact match against any reference and the official VQA accuracy (min(1, matches/3) averaged
   over the leave-one-out subsets of the references).
-- Captioning: ``pycocoevalcap``'s BLEU, ROUGE-L and CIDEr scorers (pure python) on a java-free
-  tokenisation (:func:`caption_tokenize`); METEOR (``pycocoevalcap``, java) only when ``java`` is
-  on PATH.
+- Captioning: ``pycocoevalcap``'s BLEU, ROUGE-L and CIDEr scorers (pure python) on the COCO
+  toolkit's PTB tokenisation when ``java`` is on PATH, else a java-free approximation
+  (:func:`caption_tokenize`); METEOR (``pycocoevalcap``, java) only when ``java`` is on PATH.
 """
 
 from __future__ import annotations
@@ -156,10 +156,26 @@ def caption_tokenize(caption: str) -> str:
     return " ".join(t for t in _TOKEN.findall(text) if t not in _CAPTION_PUNCT)
 
 
+def _tokenize_all(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    return {k: [caption_tokenize(c) for c in v] for k, v in captions.items()}
+
+
+def ptb_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """pycocoevalcap's PTBTokenizer (Stanford CoreNLP, java) on each id's captions, as COCO scores."""
+    if shutil.which("java") is None:
+        raise RuntimeError("the PTB tokenizer needs java on PATH (pycocoevalcap's stanford-corenlp jar)")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+
+
 def caption_metrics(hypotheses: Mapping[str, str],
                     references: Mapping[str, Sequence[str]],
-                    meteor: bool | None = None) -> dict[str, float]:
+                    meteor: bool | None = None, ptb: bool | None = None) -> dict[str, float]:
     """BLEU-1..4, ROUGE-L, CIDEr and METEOR over a corpus.
+
+    Captions are tokenized by the COCO toolkit's PTBTokenizer (java) when ``ptb`` is True, or None
+    and ``java`` is on PATH; else by :func:`caption_tokenize`.
 
     METEOR runs pycocoevalcap's java scorer (~10 s to start): ``meteor=None`` includes it when
     ``java`` is on PATH, ``True`` requires it, ``False`` leaves it out.
@@ -176,18 +192,19 @@ def caption_metrics(hypotheses: Mapping[str, str],
         raise ValueError(f"hypotheses and references differ in ids, e.g. {sorted(missing)[:3]}")
     if not hypotheses:
         raise ValueError("no captions to score")
-    res = {k: [caption_tokenize(v)] for k, v in hypotheses.items()}
-    gts = {}
     for k, refs in references.items():
         if not refs:
             raise ValueError(f"sample {k!r} has no reference captions")
-        gts[k] = [caption_tokenize(r) for r in refs]
+    java = shutil.which("java") is not None
+    tokenize = ptb_tokenize if (ptb if ptb is not None else java) else _tokenize_all
+    res = tokenize({k: [v] for k, v in hypotheses.items()})
+    gts = tokenize(references)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out = {f"BLEU-{i + 1}": float(b) for i, b in enumerate(bleu)}
     out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     if meteor is None:
-        meteor = shutil.which("java") is not None
+        meteor = java
     if meteor:
         if shutil.which("java") is None:
             raise RuntimeError("METEOR needs java on PATH (pycocoevalcap's meteor-1.5.jar)")
