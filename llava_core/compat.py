@@ -12,7 +12,6 @@ Code elsewhere calls these helpers instead of testing versions itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -100,9 +99,9 @@ def deepspeed_on_cpu() -> None:
     - DeepSpeed 0.14's CPU accelerator counts its devices with ``numactl`` (often not installed)
       unless ``LOCAL_SIZE`` says how many processes share the machine;
     - before torch 2.3 gloo has no ``all_gather_into_tensor`` / ``reduce_scatter_tensor`` ("no
-      support for _allgather_base in Gloo process group"), but DeepSpeed picks them because torch
-      defines them: without them it falls back to list all-gathers and reduce-scatters, and gloo's
-      missing list reduce-scatter (ZeRO-3's gradients) becomes an all-reduce keeping this rank's part.
+      support for _allgather_base in Gloo process group"), though torch defines both and DeepSpeed
+      calls them: here they become a list all-gather and an all-reduce keeping this rank's part,
+      done at once (DeepSpeed's own asynchronous list fallbacks gave NaN at the first ZeRO-3 step).
     """
     os.environ.setdefault("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if TORCH >= Version("2.3"):
@@ -110,45 +109,39 @@ def deepspeed_on_cpu() -> None:
     import deepspeed.comm.comm as ds_comm
 
     if ds_comm.cdb is not None:
-        ds_comm.cdb.all_gather_function = None
-        ds_comm.cdb.reduce_scatter_function = None
-        ds_comm.cdb.reduce_scatter = functools.partial(_reduce_scatter_by_all_reduce, to_torch_op=ds_comm.cdb._reduce_op)
+        ds_comm.cdb.all_gather_function = _all_gather_into_tensor
+        ds_comm.cdb.reduce_scatter_function = _reduce_scatter_tensor
 
 
-class _AfterWait:
-    """A collective's handle that runs ``then`` once the collective finished."""
+class _Finished:
+    """The handle of a collective that has already finished."""
 
-    def __init__(self, work: Any, then: Callable[[], None]):
-        self.work, self.then = work, then
-
-    def wait(self) -> None:
-        self.work.wait()
-        self.then()
+    def wait(self) -> bool:
+        return True
 
     def is_completed(self) -> bool:
-        return self.work.is_completed()
+        return True
 
 
-def _reduce_scatter_by_all_reduce(output: torch.Tensor, input_list: list[torch.Tensor], op: Any = None,
-                                  group: Any = None, async_op: bool = False, *,
-                                  to_torch_op: Callable[[Any], Any]) -> _AfterWait | None:
-    """``reduce_scatter`` for gloo before torch 2.3: all-reduce the concatenated inputs, keep this
-    rank's part (DeepSpeed's ``TorchBackend.reduce_scatter`` signature; ``to_torch_op`` converts its
-    ReduceOp)."""
+def _all_gather_into_tensor(output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: Any = None,
+                            async_op: bool = False) -> _Finished | None:
+    """``all_gather_into_tensor`` by a list all-gather into the output's chunks."""
     import torch.distributed as dist
 
-    flat = torch.cat([t.reshape(-1) for t in input_list])
+    dist.all_gather(list(torch.chunk(output_tensor, dist.get_world_size(group))), input_tensor, group=group)
+    return _Finished() if async_op else None
+
+
+def _reduce_scatter_tensor(output: torch.Tensor, input: torch.Tensor, op: Any = None, group: Any = None,
+                           async_op: bool = False) -> _Finished | None:
+    """``reduce_scatter_tensor`` by an all-reduce of a copy of the input, keeping this rank's part."""
+    import torch.distributed as dist
+
+    total = input.detach().reshape(-1).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM if op is None else op, group=group)
     rank = dist.get_rank(group)
-    start = sum(t.numel() for t in input_list[:rank])
-
-    def keep_mine() -> None:
-        output.copy_(flat[start:start + output.numel()].view_as(output))
-
-    work = dist.all_reduce(flat, op=dist.ReduceOp.SUM if op is None else to_torch_op(op), group=group, async_op=async_op)
-    if async_op:
-        return _AfterWait(work, keep_mine)
-    keep_mine()
-    return None
+    output.copy_(total[rank * output.numel():(rank + 1) * output.numel()].view_as(output))
+    return _Finished() if async_op else None
 
 
 @contextlib.contextmanager
