@@ -8,39 +8,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fire
 import yaml
 
+from jobs.cli import UsageError, run
 from jobs.options import train_config
 from llava_core.export import merge_lora as merge_adapter
 from llava_core.export import save_full_checkpoint
+from llava_core.hub import locate
 
 
 def _run_dir(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if (candidate / "config.yaml").is_file():
             return candidate
-    raise SystemExit(f"{path}: not inside a run directory (no config.yaml found above it)")
+    raise UsageError(f"{path}: not inside a run directory (no config.yaml found above it)")
 
 
 def main(path: str, merge_lora: bool = False, out: str | None = None) -> None:
     """Export ``path`` (a run directory or one of its ``checkpoint-N`` folders)."""
     src = Path(path).absolute()
-    run = _run_dir(src)
-    values = {k: v for k, v in yaml.safe_load((run / "config.yaml").read_text()).items() if k != "job"}
+    if not src.exists():
+        raise UsageError(f"{path}: no such run or checkpoint folder")
+    run_dir = _run_dir(src)
+    values = {k: v for k, v in yaml.safe_load((run_dir / "config.yaml").read_text()).items() if k != "job"}
     values.pop("beta", None)
     values.pop("loss_type", None)
     cfg = train_config(values)
-    source = (run / "adapter") if src == run and cfg.lora_enable else src
-    target = Path(out) if out else (run / f"export-{source.name}")
+    source = (run_dir / "adapter") if src == run_dir and cfg.lora_enable else src
+    target = Path(out) if out else (run_dir / f"export-{source.name}")
     if cfg.lora_enable:
         if not merge_lora:
-            raise SystemExit(f"{run} is a LoRA run: pass --merge-lora to merge {source.name} into the base model")
+            raise UsageError(f"{run_dir} is a LoRA run: pass --merge-lora to merge {source.name} into the base model")
+        for flag in ("model_name_or_path", "vision_tower"):  # the base, offline: from the cache or a local path
+            if getattr(cfg, flag):
+                setattr(cfg, flag, locate(str(getattr(cfg, flag)), flag, cfg.cache_dir))
         merge_adapter(source, cfg, target)
     else:
-        save_full_checkpoint(run / "final" if src == run else source, target)
+        save_full_checkpoint(run_dir / "final" if src == run_dir else source, target)
     print(f"exported {source} -> {target}")
 
 
 if __name__ == "__main__":
-    fire.Fire(main, name="jobs.export")
+    run(main, "jobs.export")

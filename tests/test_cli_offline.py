@@ -199,7 +199,7 @@ def test_validate_help(capsys):
     assert code == 0 and "--tokenizer STR" in out and "--data_path STR" in out and "--gpus-per-node INT" not in out
 
 
-@pytest.mark.parametrize("module", ["jobs.status", "jobs.logs", "jobs.cancel", "jobs.chat"])
+@pytest.mark.parametrize("module", ["jobs.status", "jobs.logs", "jobs.cancel", "jobs.chat", "jobs.export"])
 def test_fire_help_of_the_other_commands(module, capsys):
     import importlib
 
@@ -272,3 +272,17 @@ def test_quiet_drops_only_the_unactionable(caplog):
             "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
         logging.getLogger("transformers.utils.import_utils").warning("something else")
     assert "falling back" not in caplog.text and "something else" in caplog.text
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "missing", "no such run or checkpoint folder"),
+    (lambda tmp: tmp, "not inside a run directory (no config.yaml found above it)"),
+], ids=["missing", "not-a-run"])
+def test_export_user_errors_are_one_line(make, message, tmp_path, capsys):
+    from jobs.export import main
+
+    path = make(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        run(main, "jobs.export", None, [str(path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"jobs.export: {path}: {message}") and "Traceback" not in err
