@@ -6,6 +6,7 @@ Turns any checkpoint of a run into a standalone HF-format LLaVA (``LlavaForCondi
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
@@ -14,7 +15,7 @@ from jobs.cli import UsageError, run
 from jobs.options import train_config
 from llava_core.export import merge_lora as merge_adapter
 from llava_core.export import save_full_checkpoint
-from llava_core.hub import locate
+from llava_core.hub import locate_models
 
 
 def _run_dir(path: Path) -> Path:
@@ -39,10 +40,7 @@ def main(path: str, merge_lora: bool = False, out: str | None = None) -> None:
     if cfg.lora_enable:
         if not merge_lora:
             raise UsageError(f"{run_dir} is a LoRA run: pass --merge-lora to merge {source.name} into the base model")
-        for flag in ("model_name_or_path", "vision_tower"):  # the base, offline: from the cache or a local path
-            if getattr(cfg, flag):
-                setattr(cfg, flag, locate(str(getattr(cfg, flag)), flag, cfg.cache_dir))
-        merge_adapter(source, cfg, target)
+        merge_adapter(source, dataclasses.replace(cfg, **locate_models(vars(cfg))), target)  # the base, offline too
     else:
         save_full_checkpoint(run_dir / "final" if src == run_dir else source, target)
     print(f"exported {source} -> {target}")

@@ -70,14 +70,12 @@ class TrainTask:
     def __call__(self):
         from jobs.options import train_config
 
-        from llava_core.hub import locate
+        from llava_core.hub import locate_models
         from llava_core.quiet import quiet
 
         quiet()
         values, changes, platform_name = apply_platform(self.values, self.platform)
-        for flag in ("model_name_or_path", "vision_tower"):  # offline: from the cache, no hub retries
-            if values.get(flag):
-                values[flag] = locate(str(values[flag]), flag, values.get("cache_dir"))
+        values = {**values, **locate_models(values)}  # offline: from the cache, no hub retries
         if int(os.environ.get("RANK", "0")) == 0:
             for change in changes:
                 print(f"[platform {platform_name}] {change}", flush=True)

@@ -14,7 +14,9 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 PROBE_TIMEOUT_S = 3.0
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -120,3 +122,9 @@ def locate(name: str, flag: str, cache_dir: str | None = None) -> str:
                                  f"and the hub is unavailable ({reason}): {fix_hint(name)}")
     return snapshot
 
+
+def locate_models(values: Mapping[str, Any]) -> dict[str, str]:
+    """:func:`locate` for the model flags a run's flags or config hold (``model_name_or_path``,
+    ``vision_tower``): {flag: what to load} for each one set."""
+    return {flag: locate(str(values[flag]), flag, values.get("cache_dir"))
+            for flag in ("model_name_or_path", "vision_tower") if values.get(flag)}

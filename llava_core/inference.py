@@ -13,6 +13,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava_core.compat import dtype_kwargs
 from llava_core.config import TrainConfig
+from llava_core.hub import locate, locate_models
 from llava_core.model import build_model, load_for_inference
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -78,13 +79,13 @@ def _adapter_base(adapter: Path, dtype: torch.dtype):
     if run_config.is_file():
         values = yaml.safe_load(run_config.read_text()) or {}
         fields = set(TrainConfig.__dataclass_fields__)
-        cfg = TrainConfig.from_dict({k: v for k, v in values.items() if k in fields} | {"lora_enable": False})
-        return build_model(cfg, dtype)
+        values = {k: v for k, v in values.items() if k in fields} | {"lora_enable": False}
+        return build_model(TrainConfig.from_dict(values | locate_models(values)), dtype)
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path and "
                          "there is no run config.yaml beside it")
-    model, processor = load_for_inference(base, dtype)
+    model, processor = load_for_inference(locate(base, "base_model_name_or_path"), dtype)
     if any((adapter / f).is_file() for f in _PROCESSOR_FILES):
         processor = AutoProcessor.from_pretrained(adapter)
     return model, processor
