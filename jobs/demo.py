@@ -18,7 +18,7 @@ from llava_core.console import console
 from llava_core.demo_assets import build_tiny_parts, generate_shapes
 from llava_core.io import atomic_write_json
 
-ASSET_VERSION = 5
+ASSET_VERSION = 6
 
 
 def ensure_assets(assets_dir: str | Path) -> dict[str, str]:

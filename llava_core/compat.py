@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 from packaging.version import Version
+
+from llava_core.io import atomic_write_json
 
 TRANSFORMERS = Version(transformers.__version__)
 TORCH = Version(torch.__version__.split("+")[0])
@@ -172,3 +175,23 @@ def checkpointing_kwargs(enabled: bool) -> dict[str, Any]:
     4.x knows only the old ones."""
     name = "activation_checkpointing" if TRANSFORMERS >= Version("5") else "gradient_checkpointing"
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def save_portable(processor: Any, folder: str | Path) -> None:
+    """``processor.save_pretrained(folder)`` (a processor or tokenizer), readable by both stacks:
+    transformers 5 names a generic fast tokenizer ``TokenizersBackend``, a class 4.x does not have;
+    ``PreTrainedTokenizerFast`` is the same class in both."""
+    processor.save_pretrained(folder)
+    make_tokenizer_portable(folder)
+
+
+def make_tokenizer_portable(folder: str | Path) -> None:
+    """Rewrite ``folder``'s tokenizer_config.json as :func:`save_portable` does (for files the
+    Trainer wrote)."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        atomic_write_json(path, config)

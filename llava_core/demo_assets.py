@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from llava_core.compat import save_portable
 from llava_core.io import atomic_write_json, atomic_write_text
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230)}
@@ -224,7 +225,7 @@ def build_tiny_parts(out: str | Path, seed: int = 0, vision_steps: int = 150) ->
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False))
     pretrain_llm(llm, tokenizer, seed=seed)
     llm.save_pretrained(out / "llm")
-    tokenizer.save_pretrained(out / "llm")
+    save_portable(tokenizer, out / "llm")
 
     vcfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                             image_size=IMAGE_SIZE, patch_size=IMAGE_SIZE // 2, projection_dim=64)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
 from llava_core.io import atomic_dir
 from llava_core.model import build_model
@@ -33,7 +34,7 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        save_portable(processor, tmp)
     return Path(out_dir)
 
 
@@ -48,5 +49,5 @@ def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Pat
     processor = AutoProcessor.from_pretrained(checkpoint_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        save_portable(processor, tmp)
     return Path(out_dir)

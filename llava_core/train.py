@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from llava_core.compat import checkpointing_kwargs, deepspeed_on_cpu, dtype_kwargs, own_checkpoint_loads, tensorboard_kwargs, warmup_kwargs
+from llava_core.compat import (checkpointing_kwargs, deepspeed_on_cpu, dtype_kwargs, make_tokenizer_portable,
+                               own_checkpoint_loads, save_portable, tensorboard_kwargs, warmup_kwargs)
 from llava_core.config import TrainConfig
 from llava_core.conversation import chat_template
 from llava_core.data import (
@@ -160,6 +161,10 @@ class LlavaTrainer(Trainer):
         # from the initial weights. Load through from_pretrained (which maps the names), strictly.
         saved = type(model).from_pretrained(resume_from_checkpoint, **dtype_kwargs(next(model.parameters()).dtype))
         model.load_state_dict(saved.state_dict(), strict=True)
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict=state_dict)
+        make_tokenizer_portable(output_dir or self.args.output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         with own_checkpoint_loads():  # the run's own files, on the dcu stack's torch < 2.6 too
@@ -349,7 +354,7 @@ def save_final(trainer: Trainer, cfg: TrainConfig, processor) -> Path:
     _barrier()
     trainer.save_model(str(tmp))  # collective under ZeRO-3: gathers the full weights on rank 0
     if is_main():
-        processor.save_pretrained(tmp)
+        save_portable(processor, tmp)
         if cfg.lora_enable:
             from llava_core.export import merge_lora
 
