@@ -178,20 +178,24 @@ def checkpointing_kwargs(enabled: bool) -> dict[str, Any]:
 
 
 def save_portable(processor: Any, folder: str | Path) -> None:
-    """``processor.save_pretrained(folder)`` (a processor or tokenizer), readable by both stacks:
-    transformers 5 names a generic fast tokenizer ``TokenizersBackend``, a class 4.x does not have;
-    ``PreTrainedTokenizerFast`` is the same class in both."""
+    """``processor.save_pretrained(folder)`` (a processor or tokenizer), readable by both stacks.
+
+    transformers 5 names a generic fast tokenizer ``TokenizersBackend``, a class 4.x does not have
+    (``PreTrainedTokenizerFast`` is the same class in both), and keeps the image processor inside
+    processor_config.json, where 4.x looks for preprocessor_config.json.
+    """
     processor.save_pretrained(folder)
-    make_tokenizer_portable(folder)
-
-
-def make_tokenizer_portable(folder: str | Path) -> None:
-    """Rewrite ``folder``'s tokenizer_config.json as :func:`save_portable` does (for files the
-    Trainer wrote)."""
-    path = Path(folder) / "tokenizer_config.json"
-    if not path.is_file():
-        return
-    config = json.loads(path.read_text())
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        atomic_write_json(path, config)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and not (Path(folder) / "preprocessor_config.json").is_file():
+        image_processor.save_pretrained(folder)
+    folder = Path(folder)
+    tokenizer = folder / "tokenizer_config.json"
+    if tokenizer.is_file():
+        config = json.loads(tokenizer.read_text())
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            atomic_write_json(tokenizer, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+    combined = folder / "processor_config.json"
+    if combined.is_file() and (folder / "preprocessor_config.json").is_file():
+        config = json.loads(combined.read_text())
+        if "image_processor" in config:
+            atomic_write_json(combined, {k: v for k, v in config.items() if k != "image_processor"})

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from llava_core.compat import (checkpointing_kwargs, deepspeed_on_cpu, dtype_kwargs, make_tokenizer_portable,
+from llava_core.compat import (checkpointing_kwargs, deepspeed_on_cpu, dtype_kwargs,
                                own_checkpoint_loads, save_portable, tensorboard_kwargs, warmup_kwargs)
 from llava_core.config import TrainConfig
 from llava_core.conversation import chat_template
@@ -164,7 +164,8 @@ class LlavaTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)
-        make_tokenizer_portable(output_dir or self.args.output_dir)
+        if self.processing_class is not None:  # checkpoints readable by both library stacks
+            save_portable(self.processing_class, output_dir or self.args.output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         with own_checkpoint_loads():  # the run's own files, on the dcu stack's torch < 2.6 too
