@@ -21,7 +21,7 @@ DCU_DEEPSPEED_SPEC ?= deepspeed==0.14.2
 # not library versions); the short demo instead of the one with DPO (calibrated on the modern stack)
 DCU_MARKERS ?= not slurm and not docker
 DCU_DESELECT ?= not test_final_model_loads_on_the_other_stack and not dpo_lowers_hallucination
-VERMIN = $(PY) -m vermin -t=3.10- --violations --no-tips --eval-annotations --exclude long
+VERMIN = $(VENV)/bin/vermin -t=3.10- --violations --no-tips --eval-annotations --exclude long
 
 .PHONY: setup setup-dcu demo test test-fast test-dcu lint
 setup: $(VENV)/.installed

@@ -199,3 +199,23 @@ def save_portable(processor: Any, folder: str | Path) -> None:
         config = json.loads(combined.read_text())
         if "image_processor" in config:
             atomic_write_json(combined, {k: v for k, v in config.items() if k != "image_processor"})
+
+
+# transformers 5 saves a CLIP/SigLIP vision tower's weights flat (vision_tower.embeddings...); in 4.x
+# those towers hold them under vision_model (vision_tower.vision_model.embeddings...), the layout
+# 4.x writes and 5 reads.
+_NESTED_TOWERS = ("clip_vision_model", "siglip_vision_model")
+
+
+def llava_load_kwargs(path: str | Path) -> dict[str, Any]:
+    """``LlavaForConditionalGeneration.from_pretrained`` keywords that load a checkpoint written by
+    either stack: on 4.x, flat vision-tower keys are mapped under ``vision_model`` (beside 4.x's own
+    mapping of the original LLaVA-HF names)."""
+    if TRANSFORMERS >= Version("5"):
+        return {}
+    from transformers import AutoConfig, LlavaForConditionalGeneration
+
+    if AutoConfig.from_pretrained(path).vision_config.model_type not in _NESTED_TOWERS:
+        return {}
+    return {"key_mapping": {r"^vision_tower\.(?!vision_model\.)": "model.vision_tower.vision_model.",
+                            **LlavaForConditionalGeneration._checkpoint_conversion_mapping}}

@@ -6,7 +6,7 @@ from pathlib import Path
 from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
 from llava_core.io import atomic_dir
-from llava_core.model import build_model
+from llava_core.model import build_model, load_llava
 
 
 def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -> Path:
@@ -40,12 +40,12 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -
 
 def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     """Copy a (non-LoRA) checkpoint's model and processor into a standalone HF-format folder."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (not a model checkpoint)")
-    model = LlavaForConditionalGeneration.from_pretrained(checkpoint_dir)
+    model = load_llava(checkpoint_dir)
     processor = AutoProcessor.from_pretrained(checkpoint_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor
 
-from llava_core.compat import dtype_kwargs
 from llava_core.config import TrainConfig
 from llava_core.hub import locate, locate_models
-from llava_core.model import build_model, load_for_inference
+from llava_core.model import build_model, load_for_inference, load_llava
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -68,7 +67,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
                           if any((d / f).is_file() for f in _PROCESSOR_FILES)), None)
     if processor_dir is None:
         raise FileNotFoundError(f"{p}: no processor files here or in the run's final/ or adapter/")
-    model = LlavaForConditionalGeneration.from_pretrained(p, **dtype_kwargs(dtype))
+    model = load_llava(p, dtype)
     return model.eval(), AutoProcessor.from_pretrained(processor_dir)
 
 

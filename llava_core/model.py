@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -18,7 +19,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from llava_core.compat import dtype_kwargs
+from llava_core.compat import dtype_kwargs, llava_load_kwargs
 from llava_core.config import TrainConfig
 from llava_core.data import image_token_count
 
@@ -42,9 +43,7 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
     loaded from a LLaVA-original ``pretrain_mm_mlp_adapter`` file.
     """
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
-        model = LlavaForConditionalGeneration.from_pretrained(
-            cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
-        )
+        model = load_llava(cfg.model_name_or_path, dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation)
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     else:
         if not cfg.vision_tower:
@@ -213,6 +212,11 @@ def projector_state_llava_format(model: LlavaForConditionalGeneration) -> dict[s
 
 def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Load an HF-format LLaVA (e.g. a run's ``final/``) and its processor."""
-    model = LlavaForConditionalGeneration.from_pretrained(path, **dtype_kwargs(dtype))
+    model = load_llava(path, dtype)
     processor = AutoProcessor.from_pretrained(path)
     return model.eval(), processor
+
+
+def load_llava(path: str | Path, dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> LlavaForConditionalGeneration:
+    """An HF-format LLaVA from ``path``, written by either library stack (``compat.llava_load_kwargs``)."""
+    return LlavaForConditionalGeneration.from_pretrained(path, **dtype_kwargs(dtype), **llava_load_kwargs(path), **kwargs)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from llava_core.compat import (checkpointing_kwargs, deepspeed_on_cpu, dtype_kwargs,
+from llava_core.compat import (checkpointing_kwargs, deepspeed_on_cpu,
                                own_checkpoint_loads, save_portable, tensorboard_kwargs, warmup_kwargs)
 from llava_core.config import TrainConfig
 from llava_core.conversation import chat_template
@@ -36,7 +36,7 @@ from llava_core.data import (
 )
 from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
 from llava_core.io import append_jsonl, atomic_write_json, read_jsonl
-from llava_core.model import build_model, load_processor, projector_state_llava_format
+from llava_core.model import build_model, load_llava, load_processor, projector_state_llava_format
 from llava_core.packing import PackingCollator, packed_causal_lm_loss
 from llava_core.speed import apply_fast_path
 
@@ -159,7 +159,7 @@ class LlavaTrainer(Trainer):
         # transformers writes LLaVA weights under the original checkpoint key names, and the Trainer's
         # own resume loads them raw with strict=False: nothing matches and training silently restarts
         # from the initial weights. Load through from_pretrained (which maps the names), strictly.
-        saved = type(model).from_pretrained(resume_from_checkpoint, **dtype_kwargs(next(model.parameters()).dtype))
+        saved = load_llava(resume_from_checkpoint, next(model.parameters()).dtype)
         model.load_state_dict(saved.state_dict(), strict=True)
 
     def _save(self, output_dir=None, state_dict=None):
@@ -367,9 +367,7 @@ def save_final(trainer: Trainer, cfg: TrainConfig, processor) -> Path:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         if cfg.tune_mm_mlp_adapter:
-            from transformers import LlavaForConditionalGeneration
-
-            saved = LlavaForConditionalGeneration.from_pretrained(final)
+            saved = load_llava(final)
             state = projector_state_llava_format(saved)
             torch.save(state, out / ".mm_projector.bin.tmp")
             os.replace(out / ".mm_projector.bin.tmp", out / "mm_projector.bin")
