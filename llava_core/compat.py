@@ -182,7 +182,9 @@ def save_portable(processor: Any, folder: str | Path) -> None:
 
     transformers 5 names a generic fast tokenizer ``TokenizersBackend``, a class 4.x does not have
     (``PreTrainedTokenizerFast`` is the same class in both), and keeps the image processor inside
-    processor_config.json, where 4.x looks for preprocessor_config.json.
+    processor_config.json, where 4.x looks for preprocessor_config.json. The tokenizer's inputs are
+    written out (ids and mask: 4.x's generic fast tokenizer adds token_type_ids, which LLaVA's
+    ``generate`` refuses).
     """
     processor.save_pretrained(folder)
     image_processor = getattr(processor, "image_processor", None)
@@ -192,8 +194,11 @@ def save_portable(processor: Any, folder: str | Path) -> None:
     tokenizer = folder / "tokenizer_config.json"
     if tokenizer.is_file():
         config = json.loads(tokenizer.read_text())
+        portable = {**config, "model_input_names": ["input_ids", "attention_mask"]}
         if config.get("tokenizer_class") == "TokenizersBackend":
-            atomic_write_json(tokenizer, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+            portable["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if portable != config:
+            atomic_write_json(tokenizer, portable)
     combined = folder / "processor_config.json"
     if combined.is_file() and (folder / "preprocessor_config.json").is_file():
         config = json.loads(combined.read_text())

@@ -78,7 +78,7 @@ def test_lora_run_writes_adapter_and_merged_model_equal_to_the_adapter(tiny_valu
     ids = torch.tensor([[1, 20, 30, 40, 50]])
     with torch.no_grad():
         diff = (merged(input_ids=ids).logits - adapted(input_ids=ids).logits).abs().max().item()
-    assert diff < 1e-4
+    assert diff < 2e-4  # fp32 rounding of the merge on logits of ~10: 4e-5 (torch 2.13), 1.0e-4 (torch 2.1)
     trained = adapted.base_model.model.model.multi_modal_projector.modules_to_save["default"].linear_1.weight
     assert torch.equal(merged.model.multi_modal_projector.linear_1.weight, trained)
 
