@@ -136,7 +136,7 @@ class Encoder:
     def encode(self, record: Record) -> dict[str, list[int]]:
         """Token ids and labels (answers only); raises ConversationError on a malformed record."""
         text, spans = render(conversation_turns(record, self.fmt), self.fmt, self.tokenizer)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # lengths are checked here
         ids, labels = [], []
         covered = [False] * len(spans)
         for tok, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):

@@ -14,8 +14,6 @@ LOG_RECORDS = (
     ("transformers.training_args", "torch.distributed process group is initialized",
      "a single CPU process holds a gloo group for DeepSpeed on purpose"),
     ("transformers.trainer_utils", "mtime may not be reliable", "checkpoints are ordered by step number anyway"),
-    ("transformers.tokenization_utils_base", "Token indices sequence length",
-     "validation measures every sample and never truncates (too long samples are reported)"),
     ("DeepSpeed", "Setting accelerator to CPU", "the platform check already chose the CPU"),
 )
 
