@@ -269,8 +269,12 @@ def prepare_data(cfg: TrainConfig, model_config, processor, report: ValidationRe
 
 
 def _cpu_distributed_state(cfg: TrainConfig) -> bool:
-    """On a machine without GPU, create accelerate's shared state with gloo (see docs: CPU workaround)."""
-    if torch.cuda.is_available() or not (cfg.deepspeed or world_size() > 1):
+    """On a machine without GPU, create accelerate's shared state with gloo (see docs: CPU workaround).
+
+    Also for one process that an executor started (LOCAL_RANK set): accelerate would make a process
+    group for it, with NCCL when torch is a CUDA or HIP build (a DAS torch on a login node, PyPI's
+    torch), which fails without a GPU."""
+    if torch.cuda.is_available() or not (cfg.deepspeed or world_size() > 1 or "LOCAL_RANK" in os.environ):
         return False
     import accelerate
 
