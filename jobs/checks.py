@@ -134,14 +134,15 @@ def check_projector(cfg: TrainConfig) -> Check | None:
     return Check("projector", PASSED, path)
 
 
-def check_deepspeed(cfg: TrainConfig) -> Check | None:
-    """A named or JSON ZeRO config that loads."""
+def check_deepspeed(cfg: TrainConfig, platform: str | None = None) -> Check | None:
+    """A named or JSON ZeRO config that loads, and that this DeepSpeed can run on ``platform`` when
+    the job names one (``--platform``, ``--cluster``)."""
     from cluster.deepspeed import ZERO_CONFIG_NAMES, load_zero_config
 
     if not cfg.deepspeed or isinstance(cfg.deepspeed, dict):
         return None
     try:
-        config = load_zero_config(cfg.deepspeed)
+        config = load_zero_config(cfg.deepspeed, platform)
     except ValueError as e:
         stem = Path(cfg.deepspeed).stem
         hint = f" (LLaVA's {Path(cfg.deepspeed).name} ships here as --deepspeed {stem})" if stem in ZERO_CONFIG_NAMES else ""
@@ -185,7 +186,8 @@ def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str)
 
 
 def training_checks(job: str, cfg: TrainConfig, job_dir: Path, procs: int, gpus_per_node: int,
-                    recipe_batch: int | None, gpu_gib: float | None) -> tuple[list[Check], ValidationReport | None]:
+                    recipe_batch: int | None, gpu_gib: float | None,
+                    platform: str | None = None) -> tuple[list[Check], ValidationReport | None]:
     """Every check of a training job before it is submitted, and the data report."""
     checks = [check_output_dir(job_dir)]
     missing = [f for f in missing_flags(cfg) if f != "--data_path"]
@@ -196,7 +198,7 @@ def training_checks(job: str, cfg: TrainConfig, job_dir: Path, procs: int, gpus_
         model_check, located = check_models(cfg)
         checks.append(model_check)
         why = f"the tokenizer and image-token count need the model ({model_check.detail})"
-    checks += [c for c in (check_projector(cfg), check_deepspeed(cfg)) if c]
+    checks += [c for c in (check_projector(cfg), check_deepspeed(cfg, platform)) if c]
     report = None
     if job == "dpo":
         if not cfg.data_path:

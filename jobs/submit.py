@@ -120,7 +120,7 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
         else:
             cfg = train_config(r.values)
         checks, report = training_checks(job, cfg, job_dir, spec.world_size, spec.gpus_per_node,
-                                         r.job.get("global_batch_size"), r.job.get("gpu_gib"))
+                                         r.job.get("global_batch_size"), r.job.get("gpu_gib"), spec.platform)
         lengths_checked = report is not None and len(report.lengths) == len(report.good)
         task = TrainTask(job, r.values, r.launch.get("platform"), report if lengths_checked else None)
         resolved_config = {"job": job, **r.values}

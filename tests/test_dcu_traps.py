@@ -43,3 +43,14 @@ def test_a_card_with_bf16_keeps_it(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     flags, changes = platforms.get("dcu").adjust({"bf16": True})
     assert flags == {"bf16": True} and not changes
+
+
+def test_submit_checks_refuse_it_when_the_job_names_a_gpu_platform(monkeypatch) -> None:
+    from jobs.checks import FAILED, PASSED, check_deepspeed
+    from llava_core.config import TrainConfig
+
+    monkeypatch.setattr("cluster.deepspeed._installed_deepspeed", lambda: "0.14.2")
+    cfg = TrainConfig(deepspeed="zero3_offload")
+    refused = check_deepspeed(cfg, "dcu")
+    assert refused.status == FAILED and "zero2_offload" in refused.detail
+    assert check_deepspeed(cfg, None).status == PASSED  # platform detected on the ranks: refused there
