@@ -142,7 +142,7 @@ class DPOTrainer(LlavaTrainer):
         path = Path(self.args.output_dir) / REFERENCE_FILE
         n = len(self.train_dataset)
         if path.is_file():
-            table = torch.load(path)
+            table = torch.load(path, weights_only=True)
             if len(table) != n:
                 raise ValueError(f"{path} holds reference log-probs for {len(table)} pairs, the "
                                  f"dataset has {n}: delete it to recompute")

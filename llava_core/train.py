@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from llava_core.checkpoints import CompletionCallback, last_complete_checkpoint
 from llava_core.compat import (checkpointing_kwargs, deepspeed_on_cpu,
                                own_checkpoint_loads, save_portable, tensorboard_kwargs, warmup_kwargs)
 from llava_core.config import TrainConfig
@@ -78,15 +79,6 @@ def ensure_single_process_env() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-
-
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-N`` whose trainer_state.json (written last) exists."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return None
-    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def configure_reporting(cfg: TrainConfig) -> None:
@@ -327,7 +319,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     stop = StopCallback(should_stop) if should_stop else None
     trainer = LlavaTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
-        processing_class=processor, callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
+        processing_class=processor, callbacks=[MetricsCallback(out / "metrics.jsonl"), CompletionCallback()] + ([stop] if stop else []),
         llava_cfg=cfg, lengths=dataset.modality_lengths, compute_loss_func=packed_causal_lm_loss if cfg.packing else None,
     )
     resume = last_complete_checkpoint(out)
