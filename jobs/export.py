@@ -1,8 +1,10 @@
-"""``python -m jobs.export RUN_OR_CHECKPOINT [--merge-lora] [--out DIR]``
+"""``python -m jobs.export RUN_OR_CHECKPOINT [--merge-lora] [--to hf|llava] [--out DIR]``
 
 Turns any checkpoint of a run into a standalone HF-format LLaVA (``LlavaForConditionalGeneration``
-+ processor). For a LoRA run, ``--merge-lora`` merges the adapter of that checkpoint (the run's
-``adapter/`` when RUN is given) into the base model rebuilt from the run's ``config.yaml``.
++ processor), or with ``--to llava`` into LLaVA's original format (``LlavaLlamaForCausalLM``, for
+LLaVA's own serving and eval scripts; default folder ``llava-<checkpoint>``: LLaVA's loader wants
+"llava" in the folder name). For a LoRA run, ``--merge-lora`` merges the adapter of that checkpoint
+(the run's ``adapter/`` when RUN is given) into the base model rebuilt from the run's ``config.yaml``.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import yaml
 
 from jobs.cli import UsageError, run
 from jobs.options import train_config
+from llava_core.export import FORMATS, save_full_checkpoint
 from llava_core.export import merge_lora as merge_adapter
-from llava_core.export import save_full_checkpoint
 from llava_core.hub import locate_models
 
 
@@ -25,7 +27,7 @@ def _run_dir(path: Path) -> Path:
     raise UsageError(f"{path}: not inside a run directory (no config.yaml found above it)")
 
 
-def main(path: str, merge_lora: bool = False, out: str | None = None) -> None:
+def main(path: str, merge_lora: bool = False, out: str | None = None, to: str = "hf") -> None:
     """Export ``path`` (a run directory or one of its ``checkpoint-N`` folders)."""
     src = Path(path).absolute()
     if not src.exists():
@@ -36,13 +38,15 @@ def main(path: str, merge_lora: bool = False, out: str | None = None) -> None:
     values.pop("loss_type", None)
     cfg = train_config(values)
     source = (run_dir / "adapter") if src == run_dir and cfg.lora_enable else src
-    target = Path(out) if out else (run_dir / f"export-{source.name}")
+    if to not in FORMATS:
+        raise UsageError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
+    target = Path(out) if out else (run_dir / f"{'llava' if to == 'llava' else 'export'}-{source.name}")
     if cfg.lora_enable:
         if not merge_lora:
             raise UsageError(f"{run_dir} is a LoRA run: pass --merge-lora to merge {source.name} into the base model")
-        merge_adapter(source, dataclasses.replace(cfg, **locate_models(vars(cfg))), target)  # the base, offline too
+        merge_adapter(source, dataclasses.replace(cfg, **locate_models(vars(cfg))), target, to)  # the base, offline too
     else:
-        save_full_checkpoint(run_dir / "final" if src == run_dir else source, target)
+        save_full_checkpoint(run_dir / "final" if src == run_dir else source, target, to, cfg)
     print(f"exported {source} -> {target}")
 
 

@@ -1,19 +1,28 @@
-"""Export: merge a LoRA adapter (from any checkpoint) into a standalone HF-format LLaVA."""
+"""Export: merge a LoRA adapter (from any checkpoint) into a standalone HF-format LLaVA, or write a
+model in LLaVA's original format (``LlavaLlamaForCausalLM``, for LLaVA's own serving and eval scripts)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from llava_core import llava_original
 from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
-from llava_core.io import atomic_dir
-from llava_core.model import build_model, load_llava
+from llava_core.io import atomic_dir, atomic_write_json
+from llava_core.model import build_model, load_llava, projector_state_llava_format
+
+FORMATS = ("hf", "llava")
+"""``hf``: transformers' LlavaForConditionalGeneration; ``llava``: LLaVA's original format."""
 
 
-def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -> Path:
-    """Rebuild the run's base model from ``cfg``, apply the adapter in ``adapter_dir``, merge, save.
+def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, to: str = "hf") -> Path:
+    """Rebuild the run's base model from ``cfg``, apply the adapter in ``adapter_dir``, merge, save
+    in format ``to``.
 
     ``adapter_dir`` is a run's ``adapter/`` or any ``checkpoint-N/`` of a LoRA run (both hold
     ``adapter_config.json``; the trained projector travels in the adapter as a module to save).
+    A QLoRA run (``--bits 4|8``) merges into its base in bfloat16, unquantized.
     """
     from peft import PeftModel
 
@@ -28,18 +37,17 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path) -
     live = hf_deepspeed._hf_deepspeed_config_weak_ref
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
-        base, processor = build_model(base_cfg)
+        base, processor = build_model(base_cfg, torch.float32 if cfg.bits == 16 else torch.bfloat16)
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = live
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp)
-        save_portable(processor, tmp)
-    return Path(out_dir)
+    return _save(merged, processor, out_dir, to, cfg)
 
 
-def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
-    """Copy a (non-LoRA) checkpoint's model and processor into a standalone HF-format folder."""
+def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, to: str = "hf",
+                         cfg: TrainConfig | None = None) -> Path:
+    """Copy a (non-LoRA) checkpoint's model and processor into a standalone folder in format ``to``
+    (``llava`` needs the run's ``cfg``)."""
     from transformers import AutoProcessor
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -47,7 +55,44 @@ def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path) -> Pat
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (not a model checkpoint)")
     model = load_llava(checkpoint_dir)
     processor = AutoProcessor.from_pretrained(checkpoint_dir)
+    return _save(model, processor, out_dir, to, cfg)
+
+
+def _save(model, processor, out_dir: str | Path, to: str, cfg: TrainConfig | None) -> Path:
+    if to not in FORMATS:
+        raise ValueError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
+    if to == "llava":
+        return save_llava_original(model, processor, cfg or TrainConfig(), out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         save_portable(processor, tmp)
     return Path(out_dir)
+
+
+def save_llava_original(model, processor, cfg: TrainConfig, out_dir: str | Path) -> Path:
+    """Write ``model`` (an HF-format LLaVA of the run ``cfg``) as LLaVA's training writes a checkpoint:
+    config.json (``LlavaLlamaForCausalLM`` with LLaVA's fields), safetensors shards under LLaVA's key
+    names (``model.mm_projector.*``, ``model.vision_tower.vision_tower.*``), the tokenizer.
+
+    ``mm_vision_tower`` is the run's ``--vision_tower`` (or the LLaVA-original checkpoint's it started
+    from); when there is none (a run from an HF-format LLaVA) the tower is written beside, as
+    ``vision_tower/``, and named by its absolute path. The tokenizer keeps its ``<image>`` token and
+    the embeddings its row: LLaVA never feeds that id (it splits prompts at ``<image>``).
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    out_dir = Path(out_dir).absolute()
+    tower = cfg.vision_tower or llava_original.tower_name(cfg.model_name_or_path, cfg.cache_dir)
+    weights = llava_original.original_weights(model) | projector_state_llava_format(model)
+    config = llava_original.original_config(model.config, cfg, tower or str(out_dir / "vision_tower"),
+                                            weights["model.embed_tokens.weight"].shape[0])
+    with atomic_dir(out_dir) as tmp:
+        if not tower:
+            n = len(llava_original.TOWER_PREFIX)
+            llava_original.write_tower(tmp / "vision_tower", model.config.vision_config, processor.image_processor,
+                                       {k[n:]: v for k, v in weights.items() if k.startswith(llava_original.TOWER_PREFIX)})
+        save_torch_state_dict(weights, tmp, max_shard_size="5GB")
+        atomic_write_json(tmp / "config.json", config)
+        model.generation_config.save_pretrained(tmp)
+        save_portable(processor.tokenizer, tmp)
+    return out_dir

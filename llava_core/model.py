@@ -22,13 +22,16 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from llava_core.compat import dtype_kwargs, llava_load_kwargs
 from llava_core.config import TrainConfig
 from llava_core.data import image_token_count
+from llava_core.llava_original import as_parts, is_original
 
 log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 
 
 def is_llava_checkpoint(path: str, cache_dir: str | None = None) -> bool:
-    """True when ``path`` holds an HF-format LLaVA model (config model_type 'llava')."""
+    """True when ``path`` holds a LLaVA: HF format (config model_type 'llava') or LLaVA's original."""
+    if is_original(path, cache_dir):
+        return True
     try:
         return AutoConfig.from_pretrained(path, cache_dir=cache_dir).model_type == "llava"
     except (OSError, ValueError):
@@ -40,8 +43,10 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
 
     Either an existing HF-format LLaVA checkpoint (``model_name_or_path``), or a new LLaVA assembled
     from ``vision_tower`` + the causal LLM ``model_name_or_path`` with a fresh projector, optionally
-    loaded from a LLaVA-original ``pretrain_mm_mlp_adapter`` file.
+    loaded from a LLaVA-original ``pretrain_mm_mlp_adapter`` file; a LLaVA-original checkpoint is
+    assembled from its parts (``llava_original.as_parts``).
     """
+    cfg = as_parts(cfg)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         model = load_llava(cfg.model_name_or_path, dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation)
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
@@ -81,6 +86,7 @@ def _select_strategy(vision_cfg, cfg: TrainConfig) -> tuple[str, bool]:
 
 def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
     """The processor a run uses and the image tokens per image, without loading any weights."""
+    cfg = as_parts(cfg)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
@@ -147,6 +153,7 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
 
 def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration:
     """The run's model on the meta device, from configs only (no weights): for size and memory estimates."""
+    cfg = as_parts(cfg)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     else:

@@ -160,3 +160,68 @@ def intended_labels(name: str, conversations: list[dict], tokenizer, has_image: 
         assert ids[:len(upto)] == upto and upto[:len(prompt)] == prompt, "a prefix does not tokenize as in the whole"
         labels[len(prompt):len(upto)] = upto[len(prompt):]
     return labels
+
+
+# ------------------------------------------------------------- LlavaLlamaForCausalLM's forward
+# llava/model/llava_arch.py (LlavaMetaModel, prepare_inputs_labels_for_multimodal for flat
+# features), multimodal_encoder/clip_encoder.py (CLIPVisionTower), multimodal_projector/builder.py,
+# language_model/llava_llama.py: the model a LLaVA-original checkpoint folder is, loaded as LLaVA does.
+
+def _original_weights(folder) -> dict:
+    import json
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    state = {}
+    for f in files:
+        state.update(load_file(f) if f.suffix == ".safetensors" else torch.load(f, weights_only=True))
+    index = next(iter(folder.glob("*.index.json")), None)
+    if index is not None:
+        assert set(json.loads(index.read_text())["weight_map"]) == set(state)
+    return state
+
+
+def llava_logits(folder, input_ids: list[int], pixel_values):
+    """Logits of LLaVA's ``LlavaLlamaForCausalLM`` loaded from the LLaVA-original ``folder`` (its tower
+    from ``mm_vision_tower``, or from the checkpoint with ``unfreeze_mm_vision_tower``) for one
+    prompt whose ``IMAGE_TOKEN_INDEX`` is replaced by the image's projected features."""
+    import json
+    import re
+    from pathlib import Path
+
+    import torch
+    from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    state = _original_weights(folder)
+    llm = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k not in ("model_type", "architectures")}))
+    llm.load_state_dict({k: v for k, v in state.items() if not k.startswith(("model.mm_projector.", "model.vision_tower."))})
+    tower = CLIPVisionModel.from_pretrained(config["mm_vision_tower"])
+    if config.get("unfreeze_mm_vision_tower"):   # delay_load=False: the checkpoint's tower weights
+        inner = "" if hasattr(tower, "vision_model") else "vision_model."
+        prefix = "model.vision_tower.vision_tower." + inner
+        tower.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith("model.vision_tower.")})
+    kind = config.get("mm_projector_type", "linear")
+    if kind == "linear":
+        projector = torch.nn.Linear(config["mm_hidden_size"], config["hidden_size"])
+    else:
+        depth = int(re.match(r"^mlp(\d+)x_gelu$", kind).group(1))
+        layers = [torch.nn.Linear(config["mm_hidden_size"], config["hidden_size"])]
+        for _ in range(1, depth):
+            layers += [torch.nn.GELU(), torch.nn.Linear(config["hidden_size"], config["hidden_size"])]
+        projector = torch.nn.Sequential(*layers)
+    projector.load_state_dict({k[len("model.mm_projector."):]: v for k, v in state.items() if k.startswith("model.mm_projector.")})
+    llm.eval(), tower.eval()
+    with torch.no_grad():
+        hidden = tower(pixel_values, output_hidden_states=True).hidden_states[config["mm_vision_select_layer"]]
+        if config.get("mm_vision_select_feature", "patch") == "patch":
+            hidden = hidden[:, 1:]
+        features = projector(hidden)[0]
+        at = input_ids.index(IMAGE_TOKEN_INDEX)
+        embed = llm.get_input_embeddings()
+        embeds = torch.cat([embed(torch.tensor(input_ids[:at])), features, embed(torch.tensor(input_ids[at + 1:]))])
+        return llm(inputs_embeds=embeds[None]).logits[0]
