@@ -10,9 +10,15 @@ The reference model costs no extra memory: with a peft LoRA model it is the same
 adapters disabled; otherwise its log-probs are computed in a first pass over the training set
 before the first update, stored as ``<output_dir>/reference_logps.pt`` and reused on resume.
 
-Per-step metrics use the names HA-DPO/TRL users read: ``rewards/chosen``, ``rewards/rejected``,
-``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``,
-``logps/ref_chosen``, ``logps/ref_rejected``.
+Per-step metrics, named and computed as TRL (>= 0.29) and HA-DPO log them, for every loss variant:
+``rewards/chosen`` / ``rewards/rejected`` = ``beta * (log pi - log ref)`` of the summed label-token
+log-probs, ``rewards/margins`` (their difference), ``rewards/accuracies`` (share of pairs with
+chosen > rejected), ``logps/chosen`` / ``logps/rejected`` (policy sums), ``logps/ref_chosen`` /
+``logps/ref_rejected`` (reference sums); the same sums also under HA-DPO's names
+``policy_logps/*`` and ``referece_logps/*`` (its spelling). IPO's loss alone uses per-token averages;
+for IPO, ``rewards_per_token/*`` and ``logps_per_token/*`` are those averages, which TRL 0.8-0.28
+logged under the plain names. Not logged: TRL's/HA-DPO's ``logits/*`` and TRL's
+``mean_token_accuracy``.
 """
 
 from __future__ import annotations
@@ -184,16 +190,25 @@ class DPOTrainer(LlavaTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         chosen, rejected, n_chosen, n_rejected = self.pair_logps(model, inputs)
-        if self.loss_type == "ipo":
-            chosen, rejected = chosen / n_chosen, rejected / n_rejected
-            ref_chosen, ref_rejected = ref_chosen / n_chosen, ref_rejected / n_rejected
-        losses, r_chosen, r_rejected = dpo_loss(chosen, rejected, ref_chosen, ref_rejected,
-                                                self.beta, self.loss_type)
-        for name, value in (("rewards/chosen", r_chosen), ("rewards/rejected", r_rejected),
-                            ("rewards/margins", r_chosen - r_rejected),
-                            ("rewards/accuracies", (r_chosen > r_rejected).float()),
-                            ("logps/chosen", chosen), ("logps/rejected", rejected),
-                            ("logps/ref_chosen", ref_chosen), ("logps/ref_rejected", ref_rejected)):
+        # IPO's loss takes per-token averages (TRL); every variant's logged rewards and logps are sums
+        per_token = self.loss_type == "ipo"
+        c, r = (n_chosen, n_rejected) if per_token else (1, 1)
+        losses, avg_chosen, avg_rejected = dpo_loss(chosen / c, rejected / r, ref_chosen / c, ref_rejected / r,
+                                                    self.beta, self.loss_type)
+        r_chosen, r_rejected = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
+        metrics = {"rewards/chosen": r_chosen, "rewards/rejected": r_rejected,
+                   "rewards/margins": r_chosen - r_rejected, "rewards/accuracies": (r_chosen > r_rejected).float(),
+                   "logps/chosen": chosen, "logps/rejected": rejected,
+                   "logps/ref_chosen": ref_chosen, "logps/ref_rejected": ref_rejected,
+                   # the same sums under HA-DPO's names, spelled as HA-DPO logs them
+                   "policy_logps/chosen": chosen, "policy_logps/rejected": rejected,
+                   "referece_logps/chosen": ref_chosen, "referece_logps/rejected": ref_rejected}
+        if per_token:  # what TRL 0.8-0.28 logged for IPO under the names above
+            metrics |= {"rewards_per_token/chosen": avg_chosen, "rewards_per_token/rejected": avg_rejected,
+                        "rewards_per_token/margins": avg_chosen - avg_rejected,
+                        "rewards_per_token/accuracies": (avg_chosen > avg_rejected).float(),
+                        "logps_per_token/chosen": chosen / c, "logps_per_token/rejected": rejected / r}
+        for name, value in metrics.items():
             self._stored[name].append(value.detach().float().mean())
         loss = losses.mean()
         return (loss, {"losses": losses}) if return_outputs else loss
