@@ -124,6 +124,7 @@ class DockerExecutor:
     """The job in a container of the project's image on this machine (one node)."""
 
     name = "docker"
+    honours = frozenset({"container_image", "container_mounts"})
 
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
         import docker

@@ -61,35 +61,35 @@ class LaunchSpec:
     cluster: str | None = None
     """Named cluster profile (or a YAML path) whose options fill the ones not given; applied by
     :meth:`LaunchSpec.from_options`, which records the profile's file here."""
-    partition: str | None = None
+    partition: str | None = field(default=None, metadata={"group": "slurm"})
     """Slurm partition (``-p``)."""
-    time: str | None = None
+    time: str | None = field(default=None, metadata={"group": "slurm"})
     """Time limit in a Slurm format: minutes, HH:MM:SS, D-HH[:MM[:SS]]."""
-    account: str | None = None
+    account: str | None = field(default=None, metadata={"group": "slurm"})
     """Slurm account to charge (``-A``)."""
-    qos: str | None = None
+    qos: str | None = field(default=None, metadata={"group": "slurm"})
     """Slurm quality of service."""
-    gres: str | None = None
+    gres: str | None = field(default=None, metadata={"group": "slurm"})
     """Generic resources per node, e.g. ``gpu:a100:8`` or ``dcu:4``; replaces ``--gpus-per-node``
     in the sbatch script (the task count still comes from ``gpus_per_node``)."""
-    cpus_per_task: int | None = None
+    cpus_per_task: int | None = field(default=None, metadata={"group": "slurm"})
     """CPUs per process (data loader workers + 1 is a good start)."""
-    mem: str | None = None
+    mem: str | None = field(default=None, metadata={"group": "slurm"})
     """Memory per node in Slurm's format, e.g. ``500G``; ``0`` means all of it."""
-    constraint: str | None = None
+    constraint: str | None = field(default=None, metadata={"group": "slurm"})
     """Slurm node features required (``-C``)."""
-    exclude: str | None = None
+    exclude: str | None = field(default=None, metadata={"group": "slurm"})
     """Nodes not to use (``-x``)."""
-    slurm_setup: list[str] = field(default_factory=list)
+    slurm_setup: list[str] = field(default_factory=list, metadata={"group": "slurm"})
     """Shell lines run in the sbatch script before the tasks start (``module load ...``)."""
-    sbatch: dict = field(default_factory=dict)
+    sbatch: dict = field(default_factory=dict, metadata={"group": "slurm"})
     """Any other sbatch option, ``{"mail-type": "END", "exclusive": true}``; ``signal`` (default
     ``USR2@180``) sets how long before the time limit the job is told to checkpoint."""
-    container_image: str | None = None
+    container_image: str | None = field(default=None, metadata={"group": "container"})
     """Pyxis/enroot image: every task runs in it (``srun --container-image``)."""
-    container_mounts: list[str] = field(default_factory=list)
+    container_mounts: list[str] = field(default_factory=list, metadata={"group": "container"})
     """Extra ``SRC[:DST[:FLAGS]]`` mounts for the container (the job dir is always mounted)."""
-    apptainer: str | None = None
+    apptainer: str | None = field(default=None, metadata={"group": "container"})
     """Apptainer image (``.sif``): every task runs ``apptainer exec --nv|--rocm IMAGE python``."""
     max_requeues: int = 3
     """How many times a stopped (time limit, preemption) job is requeued before it fails."""
@@ -129,6 +129,22 @@ class LaunchSpec:
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [value])
+
+    def options(self) -> dict:
+        """The launch options (every field but the job directory and name)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("job_dir", "name")}
+
+    def ignored_by(self, executor: str) -> list[str]:
+        """The executor-specific options set here (not at their defaults) that ``executor`` ignores."""
+        honours = getattr(_executor_class(executor), "honours", frozenset())
+        return [f.name for f in dataclasses.fields(self) if f.metadata.get("group") and f.name not in honours
+                and getattr(self, f.name) != (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                                              else f.default)]
+
+    @staticmethod
+    def option_executors(name: str) -> str:
+        """Which executors an option belongs to: its group (``slurm``, ``container``), else ``all``."""
+        return next((f.metadata.get("group", "all") for f in dataclasses.fields(LaunchSpec) if f.name == name), "all")
 
     @property
     def world_size(self) -> int:
@@ -221,6 +237,8 @@ class Executor(Protocol):
     """What an executor implements (see ``cluster.local_executor`` and ``cluster.slurm_executor``)."""
 
     name: str
+    honours: frozenset[str]
+    """The executor-specific launch options (a ``group`` in LaunchSpec's metadata) it uses."""
 
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> "JobHandle": ...
 
@@ -231,6 +249,10 @@ class Executor(Protocol):
 
 def get_executor(name: str) -> Executor:
     """Instantiate the executor registered as ``name``."""
+    return _executor_class(name)()
+
+
+def _executor_class(name: str) -> type:
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; registered: {', '.join(EXECUTORS)}")
     module_name, _, class_name = EXECUTORS[name].partition(":")
@@ -240,7 +262,7 @@ def get_executor(name: str) -> Executor:
         if err.name != module_name:
             raise
         raise ValueError(f"executor {name!r} is not available: module {module_name} is missing") from None
-    return getattr(module, class_name)()
+    return getattr(module, class_name)
 
 
 def resolve_executor(name: str) -> str:

@@ -56,6 +56,7 @@ class LocalExecutor:
     """Processes on this machine (one node)."""
 
     name = "local"
+    honours = frozenset()
 
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
         if spec.nodes != 1:

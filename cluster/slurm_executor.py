@@ -126,6 +126,8 @@ class SlurmExecutor:
     """Slurm through submitit (the job directory must be on a filesystem all nodes share)."""
 
     name = "slurm"
+    honours = frozenset({"partition", "time", "account", "qos", "gres", "cpus_per_task", "mem", "constraint", "exclude",
+                         "slurm_setup", "sbatch", "container_image", "container_mounts", "apptainer"})
 
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
         import submitit
