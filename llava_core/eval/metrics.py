@@ -5,8 +5,9 @@
   exact match against any reference and the official VQA accuracy (min(1, matches/3) averaged
   over the leave-one-out subsets of the references).
 - Captioning: ``pycocoevalcap``'s BLEU, ROUGE-L and CIDEr scorers (pure python) on the COCO
-  toolkit's PTB tokenisation when ``java`` is on PATH, else a java-free approximation
-  (:func:`caption_tokenize`); METEOR (``pycocoevalcap``, java) only when ``java`` is on PATH.
+  toolkit's PTB tokenisation when ``java`` is on PATH, else a java-free PTB tokenizer
+  (:func:`caption_tokenize`, equal to the toolkit's on the captions of tests/test_caption_ptb.py);
+  METEOR (``pycocoevalcap``, java) only when ``java`` is on PATH.
 """
 
 from __future__ import annotations
@@ -142,18 +143,43 @@ def vqa_metrics(answers: Sequence[str], references: Sequence[Sequence[str]]) -> 
 
 # ----------------------------------------------------------------------------------- captioning
 
-_CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m|n't)\b")
-_TOKEN = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*|'[a-z]+|\S")
-# pycocoevalcap's PTBTokenizer drops these tokens after tokenising
-_CAPTION_PUNCT = {"''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", "(", ")",
-                  "[", "]", "{", "}", '"'}
+# A java-free PTBTokenizer (Stanford CoreNLP 3.4.1, as pycocoevalcap runs it: -preserveLines
+# -lowerCase, then its punctuation tokens dropped), rule for rule on what captions hold; checked
+# against the real toolkit in tests/test_caption_ptb.py.
+_CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m|n't)(?!\w)")
+_ABBREVIATIONS = ("mr mrs ms dr prof st jr sr mt ave ft inc ltd co corp bros vs etc gen gov sen rep rev capt col "
+                  "lt sgt jan feb mar apr jun jul aug sep sept oct nov dec").split()
+_TOKEN = re.compile("|".join((
+    r"(?:https?://|www\.)[^\s()\[\]{}\"']*[^\s()\[\]{}\"'.,;:!?]",  # URLs
+    r"[\w.+-]+@\w[\w-]*(?:\.[\w-]+)+",                           # e-mail addresses
+    r"[@#][^\W\d_]\w*",                                             # @handles, #tags (but "# 1")
+    r"<[a-z/][^<>\s]*>",                                              # SGML tags
+    r"[^\W\d_]+(?:\.[^\W\d_]+)+\.?",                                 # u.s.  e.g.  a.m.  ph.d.
+    rf"(?:{'|'.join(_ABBREVIATIONS)}|[^\W\d_])\.(?!\w)",              # mr.  st.  jan.  initials
+    r"no\.(?=\s*\d)",                                                 # no. 5
+    r"\.?\d+(?:[.,:/]\d+)+(?:-\w+)*|\.\d+",                            # 3.5  10:30  3,000  1/2  3.5-inch
+    r"'\d+s(?!\w)|'(?:s|re|ve|ll|d|m)(?!\w)",                         # '90s, clitics split off below
+    r"\w+(?:[-&/]\w+|'[^\W\d_]\w*)*",                                  # well-known o'clock at&t and/or
+    r"[!?]+|\.{2,}|-{2,}",
+    r"[^\s\U00010000-\U0010ffff]",                                    # any other symbol (CoreNLP 3.4.1 drops emoji)
+)))
+_PTB_FORMS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+_PTB_SPLITS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "lemme": "lem me",
+               "gimme": "gim me"}
+# pycocoevalcap's PUNCTUATIONS, dropped after tokenising (with the quotes PTB turns " into)
+_CAPTION_PUNCT = {"''", "'", "``", "`", '"', ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": " -- ",
+                         "\u2014": " -- "})
 
 
 def caption_tokenize(caption: str) -> str:
-    """Java-free stand-in for pycocoevalcap's PTBTokenizer: lower case, clitics split off as PTB
-    does ("dog's" -> "dog 's", "don't" -> "do n't"), punctuation tokens removed."""
-    text = _CLITIC.sub(r"\1 \2", caption.lower().replace("\n", " "))
-    return " ".join(t for t in _TOKEN.findall(text) if t not in _CAPTION_PUNCT)
+    """Java-free stand-in for pycocoevalcap's PTBTokenizer: lower case; numbers, times, fractions,
+    abbreviations, hyphenated words, URLs kept whole; clitics split off as PTB does ("dog's" -> "dog 's",
+    "don't" -> "do n't", "cannot" -> "can not"); brackets as -lrb- -rrb- -lsb- -rsb- -lcb- -rcb-;
+    quotes and the toolkit's punctuation tokens removed."""
+    text = _CLITIC.sub(r"\1 \2", caption.lower().translate(_QUOTES).replace("\n", " "))
+    tokens = (_PTB_FORMS.get(t, _PTB_SPLITS.get(t, t)) for t in _TOKEN.findall(text))
+    return " ".join(t for t in tokens if t not in _CAPTION_PUNCT)
 
 
 def _tokenize_all(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
