@@ -26,8 +26,8 @@ from typing import Callable
 import cloudpickle
 
 from cluster.launch import JobHandle, LaunchSpec, read_record, write_record
-from cluster.local_executor import failed_ranks
-from cluster.runtime import RankContext, RankTask, atomic_write_bytes, atomic_write_text
+from cluster.local_executor import STOP_GRACE_ENV, failed_ranks, rank_exits, read_state, stop_grace_s
+from cluster.runtime import CANCEL_FILE, RankContext, RankTask, atomic_write_bytes, atomic_write_text
 
 DEFAULT_IMAGES = {"cuda": "llava-cluster:cuda", "rocm": "llava-cluster:rocm", "dcu": "llava-cluster:dcu",
                   "cpu": "llava-cluster:cuda"}
@@ -36,7 +36,7 @@ tags); the CUDA image also runs on CPU."""
 CACHE_ENV = "LLAVA_DOCKER_CACHE"
 SHM_SIZE = "16g"
 """/dev/shm of the container: DataLoader workers pass batches through it (64 MB -> bus errors)."""
-PASS_ENV = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT")
+PASS_ENV = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", STOP_GRACE_ENV)
 """Variables copied from the submitting environment when set."""
 
 
@@ -138,7 +138,8 @@ class DockerExecutor:
         state_dir = spec.job_dir / "local"
         state_dir.mkdir(parents=True, exist_ok=True)
         (spec.job_dir / "docker").mkdir(exist_ok=True)
-        for stale in (state_dir / "result.pkl", state_dir / "state.json", spec.job_dir / "docker" / "exit.json"):
+        for stale in (state_dir / "result.pkl", state_dir / "state.json", state_dir / CANCEL_FILE,
+                      spec.job_dir / "docker" / "exit.json"):
             stale.unlink(missing_ok=True)
         ctx = RankContext(job_dir=spec.job_dir, executor="docker", result_path=state_dir / "result.pkl",
                           platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues)
@@ -171,25 +172,28 @@ class DockerExecutor:
         return JobHandle(job_id=container.short_id, executor="docker", job_dir=spec.job_dir)
 
     def state(self, job_dir: Path, record: dict) -> dict:
-        path = job_dir / "local" / "state.json"
-        state = json.loads(path.read_text()) if path.exists() else {"state": "PENDING"}
+        state = read_state(job_dir)
         if state["state"] in ("PENDING", "RUNNING"):
             ended = _container_exit(job_dir, record)
             # The supervisor may have written its final state just before the container ended.
-            state = json.loads(path.read_text()) if path.exists() else state
+            state = read_state(job_dir)
             if ended is not None and state["state"] in ("PENDING", "RUNNING"):
                 state = {**state, "state": "FAILED",
                          "reason": f"the container ended (exit code {ended}) without a final state"}
         return {"state": state["state"], "nodes": [record["container_name"]],
                 "restarts": state.get("restarts", 0), "failed_ranks": failed_ranks(state),
+                "rank_exits": rank_exits(state, f"container {record['container_name']}"),
                 **({"reason": state["reason"]} if "reason" in state else {})}
 
     def cancel(self, job_dir: Path, record: dict) -> None:
         import docker
 
+        atomic_write_text(job_dir / "local" / CANCEL_FILE,
+                          f"python -m jobs.cancel (docker stop {record['container_name']})\n")
         try:
-            # SIGTERM to the supervisor (PID 1): it stops the ranks and records CANCELLED.
-            docker.from_env().containers.get(record["container_id"]).stop(timeout=20)
+            # SIGTERM to the supervisor (PID 1): it forwards it to the ranks (checkpoint at the
+            # next step, stop) and records CANCELLED; docker kills what is left after the timeout.
+            docker.from_env().containers.get(record["container_id"]).stop(timeout=int(stop_grace_s()) + 15)
         except docker.errors.NotFound:
             pass
 

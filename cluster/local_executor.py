@@ -1,16 +1,22 @@
 """Local executor: ``gpus_per_node`` processes on this machine, run by a detached supervisor.
 
 ``submit`` starts ``python -m cluster.local_executor supervise JOB_DIR`` in a new session (it
-survives the terminal that started it). The supervisor starts one process per rank, stops all of
-them when one fails (like Slurm's ``--kill-on-bad-exit``), restarts them when they stop for a
-requeue, and records pids and state in ``JOB_DIR/local/state.json``. Cancel signals its process
-group. On a GPU platform every rank sees devices ``0..N-1`` (CUDA_VISIBLE_DEVICES or
-HIP_VISIBLE_DEVICES, unless already set) and LOCAL_RANK picks its own, as accelerate and DeepSpeed
-expect.
+survives the terminal that started it). The supervisor starts one process per rank, each in its own
+process group, stops all of them when one fails (like Slurm's ``--kill-on-bad-exit``), restarts
+them when they stop for a requeue, and records pids, exit statuses (in the order the ranks ended)
+and state in ``JOB_DIR/local/state.json``. SIGTERM, SIGINT, SIGHUP and SIGQUIT to the supervisor
+stop the job: it forwards SIGTERM to the ranks (checkpoint at the next step and stop), kills what
+is left after ``$LLAVA_STOP_GRACE_S`` (default 60 s) and records CANCELLED. A rank whose
+supervisor dies gets SIGTERM (``PR_SET_PDEATHSIG``); cancel ends the recorded rank process groups
+itself when the supervisor is gone. On a GPU platform every rank sees devices ``0..N-1``
+(CUDA_VISIBLE_DEVICES or HIP_VISIBLE_DEVICES, unless already set) and LOCAL_RANK picks its own, as
+accelerate and DeepSpeed expect.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import signal
@@ -26,11 +32,21 @@ import cloudpickle
 
 from cluster import platform as platforms
 from cluster.launch import JobHandle, LaunchSpec, write_record
-from cluster.runtime import (REQUEUE_EXIT_CODE, RESTART_ENV, RankContext, RankTask,
-                             atomic_write_bytes, atomic_write_text)
+from cluster.runtime import (CANCEL_FILE, REQUEUE_EXIT_CODE, RESERVE_FILE, RESTART_ENV, RankContext,
+                             RankTask, atomic_write_bytes, atomic_write_text, disk_full, load_pickle,
+                             make_reserve,                              disk_full, release_reserve)
 
 STATE_FILE = "state.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+"""Signals that make the supervisor stop the job (forwarded to the ranks as SIGTERM)."""
+STOP_GRACE_ENV = "LLAVA_STOP_GRACE_S"
+"""Seconds the ranks get after SIGTERM to finish their step and save a checkpoint before SIGKILL
+(default 60; read by the supervisor and by cancel)."""
+FAIL_GRACE_S = 10
+"""Seconds the other ranks get after one failed (they are usually stuck in a collective)."""
+_POLL_S = 0.05
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
 
 
 def _now() -> str:
@@ -44,6 +60,30 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def stop_grace_s() -> float:
+    """The stop grace in seconds (:data:`STOP_GRACE_ENV`)."""
+    text = os.environ.get(STOP_GRACE_ENV, "60")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"${STOP_GRACE_ENV}={text!r} is not a number of seconds") from None
+
+
+def is_rank_process(pid: int, job_dir: Path) -> bool:
+    """True when ``pid`` runs a rank or the supervisor of the job in ``job_dir`` (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"cluster.local_executor" in argv and str(job_dir).encode() in argv and _alive(pid)
+
+
+def _die_with_parent() -> None:
+    """In a rank, before exec: get SIGTERM when the supervisor dies (checkpoint and stop)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -67,7 +107,7 @@ class LocalExecutor:
                              "for a local container use --executor docker")
         state_dir = spec.job_dir / "local"
         state_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (state_dir / "result.pkl", state_dir / STATE_FILE):
+        for stale in (state_dir / "result.pkl", state_dir / STATE_FILE, state_dir / CANCEL_FILE):
             stale.unlink(missing_ok=True)
         ctx = RankContext(job_dir=spec.job_dir, executor="local", result_path=state_dir / "result.pkl",
                           platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues)
@@ -91,27 +131,74 @@ class LocalExecutor:
         return JobHandle(job_id=job_id, executor="local", job_dir=spec.job_dir)
 
     def state(self, job_dir: Path, record: dict) -> dict:
-        path = job_dir / "local" / STATE_FILE
-        state = json.loads(path.read_text()) if path.exists() else {"state": "PENDING"}
-        if state["state"] in ("PENDING", "RUNNING") and not _alive(record["supervisor_pid"]):
-            state["state"] = "FAILED"
-            state["reason"] = "the supervisor process ended without recording a final state"
+        state = read_state(job_dir)
+        if state["state"] in ("PENDING", "RUNNING") and not is_rank_process(record["supervisor_pid"], job_dir):
+            alive = [pid for pid in state.get("pids", []) if is_rank_process(pid, job_dir)]
+            state["state"] = "RUNNING" if alive else "FAILED"
+            state["reason"] = (f"the supervisor (pid {record['supervisor_pid']}) is gone; ranks {alive} run "
+                               "unsupervised: python -m jobs.cancel ends them") if alive else (
+                f"the supervisor (pid {record['supervisor_pid']}) ended without recording a final state")
         return {"state": state["state"], "nodes": [socket.gethostname()] if state.get("pids") else [],
                 "restarts": state.get("restarts", 0), "pids": state.get("pids", []),
-                "failed_ranks": failed_ranks(state),
+                "failed_ranks": failed_ranks(state), "rank_exits": rank_exits(state, socket.gethostname()),
                 **({"reason": state["reason"]} if "reason" in state else {})}
 
     def cancel(self, job_dir: Path, record: dict) -> None:
+        _mark_cancel(job_dir, f"python -m jobs.cancel (pid {os.getpid()})")
         pid = record["supervisor_pid"]
-        if not _alive(pid):
-            return
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-            _write_state(job_dir, {"state": "CANCELLED", "ended": _now(), "reason": "killed"})
+        if is_rank_process(pid, job_dir):
+            os.kill(pid, signal.SIGTERM)  # it forwards SIGTERM to the ranks and records CANCELLED
+            if _wait_gone([pid], stop_grace_s() + 15):
+                return
+            os.kill(pid, signal.SIGKILL)
+            why = f"the supervisor (pid {pid}) did not stop within {stop_grace_s() + 15:g} s: killed it"
+        else:
+            why = f"the supervisor (pid {pid}) was gone"
+        state = read_state(job_dir)
+        ranks = [p for p in state.get("pids", []) if is_rank_process(p, job_dir)]
+        _signal_groups(ranks, signal.SIGTERM)
+        if not _wait_gone(ranks, stop_grace_s()):
+            _signal_groups(ranks, signal.SIGKILL)
+            _wait_gone(ranks, 10)
+        if ranks or state["state"] in ("PENDING", "RUNNING"):
+            _write_state(job_dir, {**state, "state": "CANCELLED", "ended": _now(), "reason": why + (
+                f"; ended the process groups of ranks with pids {ranks}" if ranks else "")})
+
+
+def read_state(job_dir: Path) -> dict:
+    """The supervisor's ``local/state.json`` (PENDING before it wrote one)."""
+    path = job_dir / "local" / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"state": "PENDING"}
+
+
+def _signal_groups(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def rank_exits(state: dict, node: str) -> list[dict]:
+    """The ranks that failed on their own, first to end first: ``rank``, ``status``, ``node``,
+    ``ended`` (what :func:`cluster.launch.job_state` names as the cause)."""
+    order = state.get("exit_order", [])
+    failed = failed_ranks(state)
+    ended = state.get("ended_at", {})
+    return [{"rank": r, "status": failed[r], "node": node, "ended": ended.get(str(r))}
+            for r in sorted(failed, key=lambda r: order.index(r) if r in order else len(order))]
 
 
 def failed_ranks(state: dict) -> dict[int, int]:
@@ -123,22 +210,33 @@ def failed_ranks(state: dict) -> dict[int, int]:
 
 
 def _write_state(job_dir: Path, state: dict) -> None:
-    atomic_write_text(job_dir / "local" / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    """Write ``local/state.json``; on a full disk, give the supervisor's reserve back and retry."""
+    text = json.dumps(state, indent=2) + "\n"
+    try:
+        atomic_write_text(job_dir / "local" / STATE_FILE, text)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        release_reserve(job_dir / "local" / RESERVE_FILE)
+        atomic_write_text(job_dir / "local" / STATE_FILE, text)
 
 
 def supervise(job_dir: Path, nprocs: int) -> int:
     """Run the job's ranks until they complete, fail, are cancelled or exhaust their requeues."""
-    ctx = cloudpickle.loads((job_dir / "local" / "task.pkl").read_bytes()).ctx
+    ctx = load_pickle(job_dir / "local" / "task.pkl").ctx
     profile = platforms.resolve(ctx.platform) if ctx.platform else None
-    cancelled = False
+    make_reserve(job_dir / "local" / RESERVE_FILE)
+    stop: list[int] = []
 
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal cancelled
-        cancelled = True
+    def on_stop(signum: int, frame: object) -> None:
+        stop.append(signum)
 
-    signal.signal(signal.SIGTERM, on_term)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop)
     state = {"state": "RUNNING", "started": _now(), "restarts": 0, "pids": [], "returncodes": []}
     while True:
+        if stop:
+            break
         port = _free_port()
         procs = []
         for rank in range(nprocs):
@@ -149,50 +247,70 @@ def supervise(job_dir: Path, nprocs: int) -> int:
                 env[profile.visible_devices_var] = ",".join(str(i) for i in range(nprocs))
             procs.append(subprocess.Popen(
                 [sys.executable, "-u", "-m", "cluster.local_executor", "rank", str(job_dir)],
-                stdin=subprocess.DEVNULL, env=env))
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True, preexec_fn=_die_with_parent))
         state["pids"] = [p.pid for p in procs]
         _write_state(job_dir, state)
-        codes, stopped = _wait_ranks(procs, lambda: cancelled)
-        state["returncodes"] = codes
-        state["stopped_ranks"] = stopped
-        if cancelled:
-            state.update(state="CANCELLED", ended=_now())
-        elif all(c == 0 for c in codes):
+        codes, stopped, order, ended = _wait_ranks(procs, lambda: bool(stop), lambda: _mark_cancel(job_dir, f"{signal.Signals(stop[0]).name} to the supervisor"))
+        state.update(returncodes=codes, stopped_ranks=stopped, exit_order=order, ended_at=ended)
+        if stop:
+            break
+        if all(c == 0 for c in codes):
             state.update(state="COMPLETED", ended=_now())
         elif all(c in (0, REQUEUE_EXIT_CODE) for c in codes) and state["restarts"] < ctx.max_requeues:
             state["restarts"] += 1
             print(f"[supervisor] ranks stopped for a requeue: restart {state['restarts']}", flush=True)
             continue
         else:
-            state.update(state="FAILED", ended=_now())
+            full = disk_full(job_dir)
+            state.update(state="FAILED", ended=_now(), **({"reason": full} if full else {}))
         _write_state(job_dir, state)
         return 0 if state["state"] == "COMPLETED" else 1
+    marker = job_dir / "local" / CANCEL_FILE
+    by = marker.read_text().strip() if marker.exists() else f"{signal.Signals(stop[0]).name} to the supervisor"
+    state.update(state="CANCELLED", ended=_now(), reason=f"stopped by {by}")
+    _write_state(job_dir, state)
+    return 1
 
 
-def _wait_ranks(procs: list[subprocess.Popen], cancelled: Callable[[], bool]) -> tuple[list[int], list[int]]:
-    """Wait for all ranks; on a failed rank or a cancel, terminate the others (then kill).
-    Returns the exit statuses and the ranks this function stopped."""
-    stop_at = None
-    stopped = []
-    while any(p.poll() is None for p in procs):
+def _mark_cancel(job_dir: Path, by: str) -> None:
+    """Tell the ranks that the coming SIGTERM cancels the job (they stop without a requeue); the
+    first caller's ``by`` is kept (the reason recorded in the final state)."""
+    path = job_dir / "local" / CANCEL_FILE
+    if not path.exists():
+        atomic_write_text(path, f"{by}\n")
+
+
+def _wait_ranks(procs: list[subprocess.Popen], stopping: Callable[[], bool], on_stop: Callable[[], None]
+                ) -> tuple[list[int], list[int], list[int], dict[str, str]]:
+    """Wait for all ranks; on a failed rank or a stop (after ``on_stop()``), SIGTERM the others,
+    SIGKILL their process groups after the grace. Returns the exit statuses, the ranks this
+    function stopped, the ranks in the order they ended and when each ended."""
+    kill_at = None
+    stopped: list[int] = []
+    order: list[int] = []
+    ended: dict[str, str] = {}
+    while len(order) < len(procs):
+        for rank, p in enumerate(procs):
+            if rank not in order and p.poll() is not None:
+                order.append(rank)
+                ended[str(rank)] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         failed = any(p.returncode not in (None, 0, REQUEUE_EXIT_CODE) for p in procs)
-        if (failed or cancelled()) and stop_at is None:
-            stop_at = time.monotonic() + 10
+        if (failed or stopping()) and kill_at is None:
+            if stopping():
+                on_stop()
+            kill_at = time.monotonic() + (FAIL_GRACE_S if failed and not stopping() else stop_grace_s())
             for rank, p in enumerate(procs):
                 if p.poll() is None:
                     p.terminate()
                     stopped.append(rank)
-        if stop_at is not None and time.monotonic() > stop_at:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-        time.sleep(0.1)
-    return [p.returncode for p in procs], stopped
+        if kill_at is not None and time.monotonic() > kill_at:
+            _signal_groups([p.pid for p in procs if p.poll() is None], signal.SIGKILL)
+        time.sleep(_POLL_S)
+    return [p.returncode for p in procs], stopped, order, ended
 
 
 def _run_rank(job_dir: Path) -> None:
-    task = cloudpickle.loads((job_dir / "local" / "task.pkl").read_bytes())
-    task()
+    load_pickle(job_dir / "local" / "task.pkl")()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ otherwise rank 0 writes the result and the process exits at once (:func:`exit_wi
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import socket
 import subprocess
@@ -31,16 +32,96 @@ RESTART_ENV = "LLAVA_CLUSTER_RESTART"
 """Restart count of a local job (Slurm's own is ``SLURM_RESTART_COUNT``)."""
 
 
+RESERVE_FILE = ".space-reserve"
+"""A small file in the job directory, given back when a disk fills so that the failure can still
+be recorded (tracebacks, the supervisor's state)."""
+RESERVE_BYTES = 1 << 20
+CANCEL_FILE = "cancel-requested"
+"""Written into ``<job_dir>/local`` by a cancel before the ranks are signalled: they stop without
+asking for a requeue."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` (mode 0600) through a temporary file, fsync and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` (mode 0600) through a temporary file, fsync and a rename."""
     atomic_write_bytes(path, text.encode())
+
+
+def load_pickle(path: Path) -> object:
+    """Unpickle ``path`` (cloudpickle) after checking that only this user can have written it:
+    loading a pickle runs code."""
+    info = os.stat(path)
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise PermissionError(f"refusing to load {path}: owned by uid {info.st_uid}, mode "
+                              f"{oct(info.st_mode & 0o777)}; a job pickle must be this user's and "
+                              "writable by no one else (loading a pickle runs code)")
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def make_reserve(path: Path) -> None:
+    """Set ``RESERVE_BYTES`` of disk aside at ``path`` (see :data:`RESERVE_FILE`)."""
+    if path.exists():
+        return
+    try:
+        atomic_write_bytes(path, bytes(RESERVE_BYTES))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+
+
+def release_reserve(path: Path) -> None:
+    """Give the space of a reserve back (the disk is full: what follows must still be written)."""
+    path.unlink(missing_ok=True)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem that holds ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    device = path.stat().st_dev
+    while path.parent != path and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
+
+
+def no_space(err: BaseException, job_dir: Path) -> str | None:
+    """``"no space left on <mount point> ..."`` when ``err`` (or an exception it came from) is a
+    full disk or quota, or when ``job_dir``'s filesystem is full; None otherwise."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    for e in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = Path(e.filename) if e.filename else job_dir
+            return f"no space left on {mount_point(where)} (writing {where}: {os.strerror(e.errno)})"
+    return disk_full(job_dir, any("No space left on device" in str(e) for e in seen))
+
+
+def disk_full(path: Path, said_so: bool = False) -> str | None:
+    """``"no space left on <mount point> (N bytes free)"`` when ``path``'s filesystem has less
+    than ``4 * RESERVE_BYTES`` free (or ``said_so``: an error message said it), else None."""
+    disk = os.statvfs(path)
+    free = disk.f_bavail * disk.f_frsize
+    if free < 4 * RESERVE_BYTES or said_so:
+        return f"no space left on {mount_point(path)} ({free} bytes free)"
+    return None
 
 
 @dataclass
@@ -83,6 +164,7 @@ class RankTask:
         _redirect_output(ctx.job_dir / "logs" / f"rank{rank}.log", rank)
         try:
             _apply_environment(ctx)
+            store = _bind_rendezvous_store() if rank == 0 else None
             fn = cloudpickle.loads(self.fn_bytes)
             result = fn()
             if preemption.stop_requested():
@@ -91,13 +173,11 @@ class RankTask:
             # the default action of the signals it handles when the interpreter shuts down)
             preemption.ignore()
             _destroy_process_group()
+            del store  # the rendezvous server lived as long as the process group
         except SystemExit:
             raise
-        except BaseException:
-            text = traceback.format_exc()
-            atomic_write_text(ctx.job_dir / "logs" / f"rank{rank}.traceback", text)
-            sys.stderr.write(text)
-            sys.stderr.flush()
+        except BaseException as err:
+            _record_failure(ctx, rank, err)
             raise
         if rank == 0:
             atomic_write_bytes(ctx.result_path, cloudpickle.dumps(result))
@@ -129,13 +209,63 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _record_failure(ctx: RankContext, rank: int, err: BaseException) -> None:
+    """Write the traceback to ``logs/rank<R>.traceback``, first line ``no space left on ...``
+    when the disk is full (the job directory's reserve is given back for it)."""
+    text = traceback.format_exc()
+    full = no_space(err, ctx.job_dir)
+    if full:
+        release_reserve(ctx.job_dir / RESERVE_FILE)
+        text = f"{full}\n{text}"
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    try:
+        atomic_write_text(ctx.job_dir / "logs" / f"rank{rank}.traceback", text)
+    except OSError as write_err:
+        sys.stderr.write(f"[cluster] rank {rank}: could not record the traceback: {write_err}\n")
+
+
+def _bind_rendezvous_store() -> object | None:
+    """On rank 0, start torch.distributed's rendezvous store listening on MASTER_ADDR only.
+
+    torch's ``env://`` rendezvous starts a TCPStore server that listens on every interface; it
+    shares a server that this process already runs on the same port (``multi_tenant``), so one is
+    started first on a socket bound to MASTER_ADDR's address. Skipped (torch's own store then) for
+    a loopback address on a job of several nodes, or when the address is not this machine's."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(addr, int(port), type=socket.SOCK_STREAM)[0]
+        host = sockaddr[0]
+        several_nodes = os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE"))
+        if several_nodes and host.startswith("127."):
+            print(f"[cluster] MASTER_ADDR {addr} resolves to {host} here: the rendezvous store "
+                  "listens on all interfaces", flush=True)
+            return None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(2048)
+    except OSError as err:
+        print(f"[cluster] could not bind the rendezvous store to {addr}:{port} ({err}): "
+              "it listens on all interfaces", flush=True)
+        return None
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    return TCPStore(addr, int(port), None, True, timeout=timedelta(minutes=30), wait_for_workers=False,
+                    multi_tenant=True, master_listen_fd=sock.detach())
+
+
 def _redirect_output(log: Path, rank: int) -> None:
     """Append this process's stdout and stderr (file descriptors 1 and 2) to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     restarted = log.exists() and log.stat().st_size > 0
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -167,18 +297,35 @@ def _apply_environment(ctx: RankContext) -> None:
           f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}", flush=True)
 
 
+def _cancelled(ctx: RankContext) -> bool:
+    """True when the stop comes from a cancel (``jobs.cancel``, ``scancel``): no requeue then."""
+    if ctx.executor != "slurm":
+        return (ctx.job_dir / "local" / CANCEL_FILE).exists()
+    out = subprocess.run(["scontrol", "show", "job", "-o", os.environ.get("SLURM_JOB_ID", "")],
+                         capture_output=True, text=True, timeout=60)
+    return "JobState=CANCELLED" in out.stdout
+
+
 def _stop_for_requeue(ctx: RankContext, rank: int) -> None:
-    """After ``fn`` returned on a stop request: requeue (bounded by max_requeues) and exit."""
+    """After ``fn`` returned on a stop request (its checkpoint saved): exit for a requeue
+    (bounded by max_requeues), or just exit when the job is being cancelled."""
     done = restart_count()
+    name = preemption.stop_signal_name()
+    if _cancelled(ctx):
+        print(f"[cluster] rank {rank}: stopped on {name} (job cancelled), checkpoint saved", flush=True)
+        sys.exit(REQUEUE_EXIT_CODE)
     if done >= ctx.max_requeues:
         raise RuntimeError(
-            f"the scheduler asked the job to stop and it has been requeued {done} time(s) "
+            f"the scheduler asked the job to stop ({name}) and it has been requeued {done} time(s) "
             f"(--max-requeues {ctx.max_requeues}): not requeued; resubmit to resume"
         )
-    print(f"[cluster] rank {rank}: stop requested, requeue {done + 1}/{ctx.max_requeues}", flush=True)
+    print(f"[cluster] rank {rank}: stop requested ({name}), requeue {done + 1}/{ctx.max_requeues}", flush=True)
     if ctx.executor == "slurm":
         if rank == 0:
-            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True, timeout=60)
+            out = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                                 text=True, timeout=60)
+            if out.returncode != 0:  # e.g. Slurm requeues a preempted job itself
+                print(f"[cluster] scontrol requeue failed: {out.stderr.strip()}", flush=True)
         else:
             # Exiting first could end the step (--kill-on-bad-exit) before rank 0 requeues:
             # wait for the requeue to stop this process.

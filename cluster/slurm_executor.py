@@ -3,7 +3,10 @@
 The generated sbatch script (saved as ``<job_dir>/sbatch.sh``) runs ``srun --kill-on-bad-exit=1``
 with ``nodes x gpus_per_node`` tasks; each task runs :class:`cluster.runtime.RankTask`, which
 exports MASTER_ADDR/PORT, RANK, WORLD_SIZE... from Slurm's variables (no ssh, pdsh or hostfile).
-Slurm sends USR2 ``SIGNAL_DELAY_S`` seconds before the time limit (NCCL uses USR1). Three modes:
+Slurm sends USR2 ``SIGNAL_DELAY_S`` seconds before the time limit (NCCL uses USR1); SIGTERM
+(``scancel``, preemption) also makes the ranks checkpoint at the next step, within KillWait
+(docs/slurm.md). :meth:`SlurmExecutor.state` names the first task that ended (srun's per-task
+lines) and sacct's step exit codes. Three modes:
 plain (the submitter's Python, its venv put on PATH), pyxis (``--container-image``) and
 Apptainer (``--apptainer IMAGE.sif``). Tasks start in the submitter's working directory, so
 submit from the repository root (or install the package; in a container the image provides it).
@@ -15,6 +18,7 @@ import dataclasses
 import os
 import re
 import shlex
+import signal
 import shutil
 import subprocess
 import sys
@@ -98,6 +102,54 @@ def _sacct_job(job_id: str) -> dict[str, str] | None:
     return {"JobState": state.split()[0], "NodeList": nodes, "NumNodes": nnodes, "Restarts": restarts}
 
 
+def _sacct_steps(job_id: str) -> list[dict[str, str]]:
+    """The job's steps from sacct: ``step``, ``state``, ``exit_code`` (``status:signal``), ``nodes``."""
+    out = subprocess.run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return []
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.count("|") >= 3]
+    return [{"step": r[0], "state": r[1].split()[0] if r[1] else "", "exit_code": r[2], "nodes": r[3]}
+            for r in rows if "." in r[0]]
+
+
+_SRUN_TASKS = re.compile(r"^srun: error: (\S+): tasks? ([\d,\-]+): (.+)$")
+_SIGNAL_TEXT = {signal.strsignal(s): s for s in signal.valid_signals() if signal.strsignal(s)}
+
+
+def _srun_status(text: str) -> int | str:
+    """srun's words for a task's end -> its exit status (negative: the signal), or the words."""
+    match = re.match(r"Exited with exit code (\d+)", text)
+    if match:
+        return int(match[1])
+    signum = _SIGNAL_TEXT.get(text.strip().removesuffix(" (core dumped)"))
+    return -signum if signum else text.strip()
+
+
+def _task_ids(spec: str) -> list[int]:
+    ids = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        ids += range(int(first), int(last or first) + 1)
+    return ids
+
+
+def task_exits(stderr_log: Path) -> list[dict]:
+    """The tasks srun reported as failed in the batch step's stderr, in the order srun saw them
+    end (the first is the cause; srun then kills the others: ``--kill-on-bad-exit``), from the
+    last start of the job (a requeued job appends to the same file)."""
+    if not stderr_log.exists():
+        return []
+    lines = stderr_log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if "Starting with JobEnvironment" in line]
+    exits = []
+    for line in lines[starts[-1] if starts else 0:]:
+        match = _SRUN_TASKS.match(line.strip())
+        if match:
+            exits += [{"rank": t, "node": match[1], "status": _srun_status(match[3])} for t in _task_ids(match[2])]
+    return exits
+
+
 def _hostnames(nodelist: str) -> list[str]:
     if not nodelist or nodelist in ("(null)", "None assigned"):
         return []
@@ -168,10 +220,14 @@ class SlurmExecutor:
         limit, run = _seconds(info.get("TimeLimit", "")), _seconds(info.get("RunTime", ""))
         if state in ("RUNNING", "PENDING") and limit is not None and run is not None:
             time_left = limit - run
-        return {"state": state, "nodes": _hostnames(info.get("NodeList", "")),
-                "num_nodes": int(info.get("NumNodes", "0").split("-")[0] or 0) or record.get("nodes"),
-                "restarts": int(info.get("Restarts", "0") or 0), "time_left": time_left,
-                "reason": info.get("Reason")}
+        result = {"state": state, "nodes": _hostnames(info.get("NodeList", "")),
+                  "num_nodes": int(info.get("NumNodes", "0").split("-")[0] or 0) or record.get("nodes"),
+                  "restarts": int(info.get("Restarts", "0") or 0), "time_left": time_left,
+                  "reason": info.get("Reason")}
+        if state not in ("RUNNING", "PENDING", "COMPLETED", "REQUEUED"):
+            result["rank_exits"] = task_exits(job_dir / "submitit" / f"{record['job_id']}_0_log.err")
+            result["steps"] = _sacct_steps(record["job_id"])
+        return result
 
     def cancel(self, job_dir: Path, record: dict) -> None:
         subprocess.run(["scancel", record["job_id"]], check=True)

@@ -1,8 +1,10 @@
 """Show jobs: ``python -m jobs.status [JOB] [--runs DIR]``.
 
 Without JOB, one line per job under ``runs/``: state, nodes, step reached, last loss, time left.
-With JOB (a job directory or its name under ``runs/``), the details, and the remote traceback of a
-failed job.
+With JOB (a job directory or its name under ``runs/``), the details; for a job that did not
+complete, the cause first (the first rank that ended: exit status or signal, node, its traceback or
+last log lines), then what the other ranks reported after it ("no space left on <path>" for a full
+disk).
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ def describe(job_dir: Path) -> str:
         f"submitted  {info.get('submitted')}",
         f"logs       {job_dir / 'logs'}",
     ]
-    if info.get("traceback"):
-        lines += ["", "remote traceback:", info["traceback"].rstrip()]
-    elif info.get("exits"):
-        lines += ["", "ranks that ended without a traceback:", info["exits"].rstrip()]
+    if info.get("cause"):
+        lines += ["", "cause:", info["cause"].rstrip()]
+    if info.get("steps"):
+        lines += ["", "slurm steps (sacct):"] + [
+            f"  {s['step']}  {s['state']}  exit {s['exit_code']}  on {s['nodes']}" for s in info["steps"]]
+    if info.get("consequences"):
+        lines += ["", "then, on the other ranks:", info["consequences"].rstrip()]
     return "\n".join(lines)
 
 

@@ -106,3 +106,61 @@ class CountSteps:
                 break
         dist.destroy_process_group()
         return state
+
+
+class SleepWithChild:
+    """Starts a child process (``sleep``, as a DataLoader worker would be), prints its pid, then
+    sleeps ``seconds`` without looking at stop requests (a rank stuck in a collective)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self) -> None:
+        import subprocess
+
+        child = subprocess.Popen(["sleep", str(self.seconds)])
+        print(f"child pid {child.pid}", flush=True)
+        print("sleeping", flush=True)
+        time.sleep(self.seconds)
+
+
+class Listeners:
+    """After a gloo all_reduce, rank 0 returns the local addresses listening on MASTER_PORT."""
+
+    def __call__(self) -> list[str]:
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        dist.all_reduce(torch.ones(1))
+        port = int(os.environ["MASTER_PORT"])
+        found = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.append(address)
+        dist.barrier()
+        dist.destroy_process_group()
+        return found
+
+
+class FillDisk:
+    """Rank 0 writes 1 MiB blocks into ``path`` until the disk is full (the error propagates);
+    the other ranks wait for it in a barrier."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        if dist.get_rank() == 0:
+            print("filling the disk", flush=True)
+            with open(self.path, "wb") as f:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+        dist.barrier()

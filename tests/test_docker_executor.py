@@ -75,4 +75,4 @@ def test_final_state_needs_no_engine(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "local" / "state.json").write_text('{"state": "COMPLETED", "restarts": 1}')
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     state = DockerExecutor().state(tmp_path, {"container_id": "0123456789ab", "container_name": "llava-x"})
-    assert state == {"state": "COMPLETED", "nodes": ["llava-x"], "restarts": 1, "failed_ranks": {}}
+    assert state == {"state": "COMPLETED", "nodes": ["llava-x"], "restarts": 1, "failed_ranks": {}, "rank_exits": []}

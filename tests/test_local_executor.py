@@ -51,7 +51,7 @@ def test_failure_reports_traceback_and_stops_other_ranks(tmp_path):
 
 def test_a_rank_killed_without_traceback_is_named_with_its_signal_and_log(tmp_path):
     handle = submit(Abort(), _spec(tmp_path, "abort"))
-    with pytest.raises(JobFailed, match=r"rank 1 exited with status -6 \(SIGABRT\)") as failed:
+    with pytest.raises(JobFailed, match=r"rank 1 on \S+ was killed by SIGABRT \(exit status -6\) at [0-9T:.-]+") as failed:
         handle.wait(timeout=120)
     assert "about to abort" in str(failed.value) and "rank 0 exited" not in str(failed.value)
 
