@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cluster.launch import JobFailed, LaunchSpec, resolve_executor, submit
+from cluster.launch import JobFailed, LaunchSpec, check_job_dir_free, resolve_executor, submit
 from jobs.checks import FAILED, PASSED, Check, training_checks
 from jobs.cli import CommandFailed, UsageError, run
 from jobs.options import Resolved, resolve, train_config
@@ -149,6 +149,7 @@ def main(job: str, *rest: Any, **flags: Any) -> None:
     if dry_run:
         return
 
+    check_job_dir_free(job_dir)  # before this job's records overwrite a live job's
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "config.yaml", yaml.safe_dump(resolved_config, sort_keys=False))
     atomic_write_text(job_dir / "command.txt", shlex.join([sys.executable, "-m", "jobs.submit", job, *sys.argv[2:]]) + "\n")
