@@ -7,13 +7,13 @@ checkpoint folder.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
-from llava_core.conversation import IMAGE_TOKEN, generation_prompt, render
-from llava_core.eval.generate import generate_batch
-from llava_core.inference import inference_device, inference_dtype, load_model
+from llava_core.inference import chat_prompt, load_on_device, stream_answer
+from llava_core.quantize import memory_line
 
 
 def trained_version(model: str) -> str:
@@ -28,7 +28,9 @@ def trained_version(model: str) -> str:
 
 
 def main(prompt: str | None = None, model: str = "", image: str | None = None,
-         version: str | None = None, max_new_tokens: int = 256, dtype: str = "auto") -> None:
+         version: str | None = None, max_new_tokens: int = 256, dtype: str = "auto",
+         temperature: float = 0.0, top_p: float = 1.0, load_in_8bit: bool = False,
+         load_in_4bit: bool = False) -> None:
     """Answer PROMPT about IMAGE (optional) with MODEL; chat when PROMPT is left out.
 
     Args:
@@ -39,6 +41,10 @@ def main(prompt: str | None = None, model: str = "", image: str | None = None,
             by default the one the run recorded.
         max_new_tokens: the longest answer, in tokens.
         dtype: auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16.
+        temperature: 0 answers greedily; above 0 samples.
+        top_p: nucleus sampling's probability mass (with temperature above 0).
+        load_in_8bit: the language model in 8 bits (bitsandbytes, NVIDIA GPUs only).
+        load_in_4bit: the language model in 4 bits, NF4 (bitsandbytes, NVIDIA GPUs only).
     """
     if not model:
         raise UsageError("--model RUN_OR_PATH is required (python -m jobs.chat --help)")
@@ -48,29 +54,30 @@ def main(prompt: str | None = None, model: str = "", image: str | None = None,
     if version not in PROMPT_VERSIONS:
         raise UsageError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
     fmt = PROMPT_VERSIONS[version]
-    llava, processor = load_model(model, inference_dtype(dtype))
-    llava = llava.to(inference_device())
-    if prompt is not None:
-        text = generation_prompt(str(prompt), fmt, processor.tokenizer, with_image=image is not None)
-        print(generate_batch(llava, processor, [text], [image], max_new_tokens)[0])
-        return
+    llava, processor = load_on_device(model, dtype, load_in_8bit, load_in_4bit)
+    print(memory_line(llava), file=sys.stderr, flush=True)
     turns: list[tuple[str, str]] = []
     while True:
-        try:
-            question = input("USER: ").strip()
-        except EOFError:
-            break
-        if not question:
-            break
-        if not turns and image is not None and IMAGE_TOKEN not in question:
-            question = IMAGE_TOKEN + "\n" + question
+        if prompt is not None:
+            question = str(prompt)
+        else:
+            try:
+                question = input("USER: ").strip()
+            except EOFError:
+                break
+            if not question:
+                break
         turns.append(("user", question))
-        text = (render(turns, fmt, processor.tokenizer, add_generation_prompt=True)[0]
-                if fmt != "plain" else generation_prompt(question, fmt, processor.tokenizer, False))
-        answer = generate_batch(llava, processor, [text], [image], max_new_tokens)[0]
-        print(f"ASSISTANT: {answer}", flush=True)
-        turns.append(("assistant", answer))
-
+        text = chat_prompt(turns, fmt, processor.tokenizer, with_image=image is not None)
+        print("" if prompt is not None else "ASSISTANT: ", end="", flush=True)
+        answer = ""
+        for piece in stream_answer(llava, processor, text, image, max_new_tokens, temperature, top_p):
+            answer += piece
+            print(piece, end="", flush=True)
+        print(flush=True)
+        if prompt is not None:
+            return
+        turns.append(("assistant", answer.strip()))
 
 if __name__ == "__main__":
     run(main, "jobs.chat")

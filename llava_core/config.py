@@ -74,7 +74,12 @@ class TrainConfig:
     mm_projector_lr: float | None = None
     """Learning rate of the projector (LLaVA LoRA: 2e-5); default learning_rate."""
     bits: int = 16
-    """16 only here; 4/8-bit QLoRA needs bitsandbytes on a GPU."""
+    """Weight bits of the LLM while training: 16, or 4/8 for QLoRA (LoRA over bitsandbytes-quantized
+    weights; NVIDIA GPUs only; needs --lora_enable True)."""
+    double_quant: bool = True
+    """QLoRA 4-bit: also quantize the quantization constants (LLaVA's --double_quant)."""
+    quant_type: str = "nf4"
+    """QLoRA 4-bit data type: nf4 or fp4 (LLaVA's --quant_type)."""
 
     # --- data --------------------------------------------------------------------------------
     data_path: str = ""
@@ -147,8 +152,10 @@ class TrainConfig:
             )
         if self.mm_patch_merge_type != "flat":
             raise ValueError("--mm_patch_merge_type: only 'flat' (LLaVA-1.5) is supported")
-        if self.bits != 16:
-            raise ValueError("--bits: only 16 is supported (4/8-bit QLoRA needs bitsandbytes on a GPU)")
+        if self.bits not in (4, 8, 16):
+            raise ValueError(f"--bits {self.bits}: use 16, or 4/8 for QLoRA")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"--quant_type {self.quant_type!r}: use nf4 or fp4")
         if self.mm_vision_select_feature not in ("patch", "cls_patch"):
             raise ValueError("--mm_vision_select_feature: use patch or cls_patch")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+import torch
+
 from llava_core import llava_original
 from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
@@ -22,6 +24,7 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, t
 
     ``adapter_dir`` is a run's ``adapter/`` or any ``checkpoint-N/`` of a LoRA run (both hold
     ``adapter_config.json``; the trained projector travels in the adapter as a module to save).
+    A QLoRA run (``--bits 4|8``) merges into its base in bfloat16, unquantized.
     A QLoRA run (``--bits 4|8``) merges into its base in bfloat16, unquantized.
     """
     from peft import PeftModel

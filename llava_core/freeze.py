@@ -64,6 +64,8 @@ def apply_freeze_plan(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Modu
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"--train_modules {cfg.train_modules}: no parameter name matches")
         return model
+    if cfg.bits != 16 and not cfg.lora_enable:
+        raise ValueError(f"--bits {cfg.bits} (QLoRA) trains LoRA adapters over frozen quantized weights: add --lora_enable True")
     parts = trainable_parts(cfg)
     if cfg.lora_enable and not cfg.tune_mm_mlp_adapter:
         return _wrap_lora(model, cfg, parts)
@@ -80,8 +82,10 @@ def lora_target_regex(model: LlavaForConditionalGeneration) -> str:
 
 
 def _wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if cfg.bits != 16:  # QLoRA: norms and the unquantized parts in fp32, as LLaVA (checkpointing: train.py)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     to_save = [{"projector": "multi_modal_projector", "vision_tower": "vision_tower"}[p] for p in sorted(parts)]
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.lora_bias,
                         target_modules=lora_target_regex(model), modules_to_save=to_save or None)

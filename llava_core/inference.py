@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 import yaml
 from transformers import AutoProcessor
 
 from llava_core.config import TrainConfig
+from llava_core.conversation import generation_prompt, place_images, render
 from llava_core.hub import locate, locate_models
 from llava_core.model import build_model, load_for_inference, load_llava
+from llava_core.quantize import inference_bits, quantized_load_kwargs
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -51,24 +56,87 @@ def resolve_model_dir(path: str | Path) -> Path:
                             "(final/), a LoRA adapter (adapter_config.json) or a checkpoint")
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
-    """(model, processor) in eval mode; a LoRA adapter is merged into its base model."""
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, bits: int = 16):
+    """(model, processor) in eval mode; a LoRA adapter is merged into its base model.
+
+    ``bits`` 8 or 4 loads the language model quantized by bitsandbytes onto this rank's GPU,
+    computing in ``dtype`` (NVIDIA only: ValueError elsewhere).
+    """
     p = resolve_model_dir(path)
+    flag = f"--load_in_{bits}bit"
+    quantized = quantized_load_kwargs(bits, dtype, flag)
     if (p / "adapter_config.json").is_file():
+        if quantized:
+            raise ValueError(f"{flag}: {p} is a LoRA adapter; load the merged model (the run's final/, or "
+                             "python -m jobs.export) in 8 or 4 bits")
         from peft import PeftModel
 
         base, processor = _adapter_base(p, dtype)
         model = PeftModel.from_pretrained(base, str(p)).merge_and_unload()
         return model.eval(), processor
     if any((p / f).is_file() for f in _PROCESSOR_FILES):
+        if quantized:
+            return load_llava(p, dtype, **quantized).eval(), AutoProcessor.from_pretrained(p)
         return load_for_inference(str(p), dtype)
     # a Trainer checkpoint keeps the weights but not the image processor: take the run's
     processor_dir = next((d for d in (p.parent / "final", p.parent / "adapter")
                           if any((d / f).is_file() for f in _PROCESSOR_FILES)), None)
     if processor_dir is None:
         raise FileNotFoundError(f"{p}: no processor files here or in the run's final/ or adapter/")
-    model = load_llava(p, dtype)
+    model = load_llava(p, dtype, **quantized)
     return model.eval(), AutoProcessor.from_pretrained(processor_dir)
+
+
+def load_on_device(path: str | Path, dtype: str = "auto", load_in_8bit: bool = False,
+                   load_in_4bit: bool = False):
+    """(model, processor) ready to answer on this rank's GPU (bfloat16 by default) or the CPU
+    (float32): what chat and serve load, with ``--load_in_8bit`` / ``--load_in_4bit``."""
+    bits = inference_bits(load_in_8bit, load_in_4bit)
+    model, processor = load_model(path, inference_dtype(dtype), bits)
+    return (model if bits != 16 else model.to(inference_device())), processor
+
+
+def chat_prompt(turns: Sequence[tuple[str, str]], fmt: str, tokenizer, with_image: bool) -> str:
+    """The prompt that asks for the next answer of a conversation (user, assistant, ..., user
+    turns), the image placed in the first question as in training; ``plain`` (stage 1) has no
+    turns, so only the last question is asked."""
+    if fmt == "plain":
+        return generation_prompt(turns[-1][1], fmt, tokenizer, with_image)
+    return render(place_images(list(turns), 1 if with_image else 0), fmt, tokenizer,
+                  add_generation_prompt=True)[0]
+
+
+def stream_answer(model, processor, prompt: str, image: str | None = None, max_new_tokens: int = 256,
+                  temperature: float = 0.0, top_p: float = 1.0) -> Iterator[str]:
+    """The answer to ``prompt`` (a full prompt string, ``<image>`` where ``image`` goes) as text
+    pieces while it is generated: greedy at ``temperature`` 0, else sampled with ``top_p``."""
+    from transformers import TextIteratorStreamer
+
+    tokenizer = processor.tokenizer
+    pil = [Image.open(image).convert("RGB")] if image is not None else None
+    inputs = processor(text=[prompt], images=pil, return_tensors="pt", add_special_tokens=False)
+    inputs = {k: v.to(model.device) for k, v in inputs.items() if k != "token_type_ids"}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.model.vision_tower.parameters()).dtype)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failed: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, **sampling, max_new_tokens=max_new_tokens, streamer=streamer,
+                               pad_token_id=tokenizer.pad_token_id)
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _adapter_base(adapter: Path, dtype: torch.dtype):

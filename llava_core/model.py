@@ -22,6 +22,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from llava_core.compat import dtype_kwargs, llava_load_kwargs
 from llava_core.config import TrainConfig
 from llava_core.data import image_token_count
+from llava_core.quantize import qlora_load_kwargs
 from llava_core.llava_original import as_parts, is_original
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
     """
     cfg = as_parts(cfg)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
-        model = load_llava(cfg.model_name_or_path, dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation)
+        model = load_llava(cfg.model_name_or_path, dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation,
+                           **qlora_load_kwargs(cfg))
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     else:
         if not cfg.vision_tower:
@@ -122,7 +124,8 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
     tokenizer = processor.tokenizer
     vision = _load_vision(cfg.vision_tower, cfg, dtype)
     llm = AutoModelForCausalLM.from_pretrained(
-        cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation
+        cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation,
+        **qlora_load_kwargs(cfg),
     )
     vision_cfg = vision.config
     strategy, _ = _select_strategy(vision_cfg, cfg)
