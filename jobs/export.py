@@ -1,10 +1,13 @@
 """``python -m jobs.export RUN_OR_CHECKPOINT [--merge-lora] [--to hf|llava] [--out DIR]``
+``python -m jobs.export LLAVA_ORIGINAL_CHECKPOINT --out DIR [--version v1]``
 
 Turns any checkpoint of a run into a standalone HF-format LLaVA (``LlavaForConditionalGeneration``
 + processor), or with ``--to llava`` into LLaVA's original format (``LlavaLlamaForCausalLM``, for
 LLaVA's own serving and eval scripts; default folder ``llava-<checkpoint>``: LLaVA's loader wants
 "llava" in the folder name). For a LoRA run, ``--merge-lora`` merges the adapter of that checkpoint
 (the run's ``adapter/`` when RUN is given) into the base model rebuilt from the run's ``config.yaml``.
+A LLaVA-original checkpoint (folder or hub id) is converted to an HF-format LLaVA that ``jobs.chat``
+and eval's ``--model`` take, with the chat template of ``--version``.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import yaml
 
 from jobs.cli import UsageError, run
 from jobs.options import train_config
-from llava_core.export import FORMATS, save_full_checkpoint
+from llava_core.export import FORMATS, convert_llava_original, save_full_checkpoint
 from llava_core.export import merge_lora as merge_adapter
-from llava_core.hub import locate_models
+from llava_core.hub import locate, locate_models
+from llava_core.llava_original import is_original
 
 
 def _run_dir(path: Path) -> Path:
@@ -27,8 +31,17 @@ def _run_dir(path: Path) -> Path:
     raise UsageError(f"{path}: not inside a run directory (no config.yaml found above it)")
 
 
-def main(path: str, merge_lora: bool = False, out: str | None = None, to: str = "hf") -> None:
-    """Export ``path`` (a run directory or one of its ``checkpoint-N`` folders)."""
+def main(path: str, merge_lora: bool = False, out: str | None = None, to: str = "hf", version: str = "v1") -> None:
+    """Export ``path`` (a run directory or one of its ``checkpoint-N`` folders), or convert a
+    LLaVA-original checkpoint (folder or hub id; ``--out`` required, ``--version`` its prompt format)."""
+    if to not in FORMATS:
+        raise UsageError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
+    if is_original(path):
+        if not out:
+            raise UsageError(f"{path} is a LLaVA-original checkpoint: pass --out DIR to convert it")
+        target = convert_llava_original(locate(path, "model_name_or_path"), out, to, version)
+        print(f"converted {path} -> {target}")
+        return
     src = Path(path).absolute()
     if not src.exists():
         raise UsageError(f"{path}: no such run or checkpoint folder")
@@ -38,8 +51,6 @@ def main(path: str, merge_lora: bool = False, out: str | None = None, to: str = 
     values.pop("loss_type", None)
     cfg = train_config(values)
     source = (run_dir / "adapter") if src == run_dir and cfg.lora_enable else src
-    if to not in FORMATS:
-        raise UsageError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
     target = Path(out) if out else (run_dir / f"{'llava' if to == 'llava' else 'export'}-{source.name}")
     if cfg.lora_enable:
         if not merge_lora:

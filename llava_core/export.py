@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
-import torch
-
 from llava_core import llava_original
 from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
+from llava_core.conversation import chat_template
 from llava_core.io import atomic_dir, atomic_write_json
 from llava_core.model import build_model, load_llava, projector_state_llava_format
 
@@ -24,7 +23,6 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, t
 
     ``adapter_dir`` is a run's ``adapter/`` or any ``checkpoint-N/`` of a LoRA run (both hold
     ``adapter_config.json``; the trained projector travels in the adapter as a module to save).
-    A QLoRA run (``--bits 4|8``) merges into its base in bfloat16, unquantized.
     A QLoRA run (``--bits 4|8``) merges into its base in bfloat16, unquantized.
     """
     from peft import PeftModel
@@ -58,6 +56,15 @@ def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, to: st
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (not a model checkpoint)")
     model = load_llava(checkpoint_dir)
     processor = AutoProcessor.from_pretrained(checkpoint_dir)
+    return _save(model, processor, out_dir, to, cfg)
+
+
+def convert_llava_original(path: str, out_dir: str | Path, to: str = "hf", version: str = "v1") -> Path:
+    """The LLaVA-original checkpoint ``path`` (folder or hub id) as a standalone model in format
+    ``to``, its processor saving the chat template of ``version`` (LLaVA-1.5's ``v1`` by default)."""
+    cfg = TrainConfig(model_name_or_path=path, version=version)
+    model, processor = build_model(cfg)
+    processor.chat_template = chat_template(cfg.prompt_format, processor.tokenizer) or processor.chat_template
     return _save(model, processor, out_dir, to, cfg)
 
 

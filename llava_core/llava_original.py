@@ -29,7 +29,7 @@ from packaging.version import Version
 
 from llava_core.compat import TORCH
 from llava_core.config import TrainConfig
-from llava_core.hub import ModelNotFoundError, locate
+from llava_core.hub import ModelNotFoundError, hub_unavailable, locate, looks_local
 from llava_core.io import atomic_dir, atomic_write_json
 
 # LLaVA's architecture -> (the LLM's model_type and class, LLaVA's model_type as its code writes it)
@@ -54,6 +54,11 @@ def read_config(path: str, cache_dir: str | None = None) -> dict[str, Any] | Non
     ``path`` is not one (no ``mm_vision_tower``, or an HF-format LLaVA with a ``text_config``)."""
     from transformers.utils import cached_file
 
+    if looks_local(str(path)):
+        if not Path(path).expanduser().is_dir():
+            return None
+    else:
+        hub_unavailable()  # one bounded probe: offline from here on when the hub does not answer
     try:
         file = cached_file(str(path), "config.json", cache_dir=cache_dir, _raise_exceptions_for_missing_entries=False)
     except (OSError, ValueError):

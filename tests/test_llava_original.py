@@ -199,3 +199,16 @@ def test_unsupported_checkpoints_and_missing_tower_are_clear_errors(tmp_path, to
     (original / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="leave out --pretrain_mm_mlp_adapter"):
         build_model(TrainConfig(model_name_or_path=str(original), pretrain_mm_mlp_adapter=str(original / "x.bin")))
+
+
+def test_jobs_export_converts_an_original_checkpoint_for_chat_and_eval(tmp_path, tower):
+    """``jobs.export CHECKPOINT --out DIR``: the HF-format model that ``--model`` (eval, chat) loads."""
+    from llava_core.inference import load_model
+
+    original = tmp_path / "llava-v1.5-tiny"
+    write_original(original, tower, "safetensors", "mlp2x_gelu", False)
+    subprocess.run([sys.executable, "-m", "jobs.export", str(original), "--out", str(tmp_path / "hf")],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    model, processor = load_model(tmp_path / "hf")
+    assert processor.chat_template  # v1's, as LLaVA-1.5 is prompted
+    _equal_to_llava(original, model, processor)
