@@ -14,11 +14,7 @@ RUN /opt/llava/bin/apt-install.sh ca-certificates gcc g++ git libaio-dev ninja-b
     && /opt/llava/bin/add-user.sh llava 1000
 
 # The pinned stack: before the project code, so editing the code does not reinstall it.
-ARG PIP_INDEX_URL
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_TRUSTED_HOST
 ARG TORCH_SPEC=""
-ARG TORCH_INDEX_URL=""
 ARG DEEPSPEED_SPEC=""
 ARG DS_BUILD_OPS=auto
 ARG GPU_ARCH_LIST
@@ -28,7 +24,10 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY docker/scripts/install-stack.sh docker/scripts/held_packages.py /opt/llava/bin/
 COPY docker/lock/py311.txt /opt/llava/lock.txt
 COPY wheels/ /tmp/wheels/
-RUN /opt/llava/bin/install-stack.sh /opt/llava/lock.txt && rm -rf /tmp/wheels
+# Index URLs (they may hold credentials) come as a BuildKit secret, never as build args (those
+# stay in the image history): docker build --secret id=pip-index,src=FILE (docker/pip-index.env).
+RUN --mount=type=secret,id=pip-index \
+    /opt/llava/bin/install-stack.sh /opt/llava/lock.txt && rm -rf /tmp/wheels
 
 # The project itself.
 COPY pyproject.toml README.md /tmp/src/

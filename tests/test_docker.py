@@ -180,3 +180,12 @@ def test_compose_run_trains_any_job_in_the_dcu_image(demo_workdir: Path, docker_
     assert launch.job_state(job_dir)["state"] == "COMPLETED"
     assert json.loads((job_dir / "env.json").read_text())["versions"]["transformers"] == "4.55.4"
     assert (job_dir / "final" / "config.json").exists()
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_index_urls_stay_out_of_the_image_history(profile: str, images: dict[str, float],
+                                                  docker_env: dict[str, str]) -> None:
+    history = run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", CI_IMAGES[profile]],
+                  docker_env).stdout
+    assert "--mount=type=secret,id=pip-index" in history
+    assert not any(name in history for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL"))

@@ -54,3 +54,35 @@ def test_compose_rejects_a_broken_file(tmp_path, docker_tools: dict[str, str]) -
     proc = run(["docker", "compose", "-f", "compose.yaml", "-f", str(bad), "config", "-q"],
                docker_tools, check=False)
     assert proc.returncode != 0 and "shm_sise" in proc.stdout
+
+
+_INDEX_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "TORCH_INDEX_URL")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_index_urls_are_a_build_secret_not_build_args(dockerfile) -> None:
+    """Build args stay in the image history (``docker history --no-trunc``); index URLs may hold
+    tokens: they come as the BuildKit secret ``pip-index``, mounted only where pip installs."""
+    text = dockerfile.read_text()
+    args = re.findall(r"^ARG\s+(\w+)", text, flags=re.M)
+    assert not [a for a in args if "INDEX" in a or "TRUSTED_HOST" in a], args
+    runs = re.findall(r"^RUN ((?:.*\\\n)*.*)$", text, flags=re.M)
+    stack = [command for command in runs if "install-stack.sh" in command]
+    assert stack or dockerfile.name == "standin.Dockerfile"
+    for command in stack:
+        assert command.startswith("--mount=type=secret,id=pip-index "), command
+
+
+def test_compose_passes_the_index_file_as_a_build_secret() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert compose["secrets"]["pip-index"]["file"] == "${LLAVA_PIP_INDEX:-docker/pip-index.env}"
+    for name, service in compose["services"].items():
+        assert not set(service["build"]["args"]) & set(_INDEX_ARGS), name
+        assert service["build"]["secrets"] == ["pip-index"], name
+    keys = [line.split("=", 1)[0] for line in (ROOT / "docker/pip-index.env").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert keys == [], "the committed pip-index.env must set no index (users keep theirs elsewhere)"
+    script = (ROOT / "docker/scripts/install-stack.sh").read_text()
+    assert "/run/secrets/pip-index" in script and all(k in script for k in _INDEX_ARGS)

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # install-stack.sh LOCK — install the pinned training stack into the image's python, around the
-# torch (and for DCU, DeepSpeed) that the base image ships. Inputs (build args, all optional):
-#   TORCH_SPEC       e.g. torch==2.13.0: install torch first (else keep the base image's torch)
+# torch (and for DCU, DeepSpeed) that the base image ships. Index URLs come from the BuildKit
+# secret pip-index (/run/secrets/pip-index, lines KEY=VALUE, see docker/pip-index.env): they may
+# hold credentials, and build args stay in the image history. Its keys:
+#   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST   a pip mirror for everything
 #   TORCH_INDEX_URL  index for TORCH_SPEC (e.g. https://download.pytorch.org/whl/cu128);
 #                    wheels in /tmp/wheels (the build context's wheels/) are always looked at
+# Other inputs (build args, all optional):
+#   TORCH_SPEC       e.g. torch==2.13.0: install torch first (else keep the base image's torch)
 #   DEEPSPEED_SPEC   e.g. deepspeed==0.19.8 when the lock leaves DeepSpeed to the base (DCU)
 #   DS_BUILD_OPS     auto (prebuild cpu_adam, fused_adam, utils when nvcc/hipcc exist), 1 (all), 0
 #   GPU_ARCH_LIST    archs to build ops for (no GPU at build time): TORCH_CUDA_ARCH_LIST with nvcc
@@ -17,6 +21,17 @@ wheels=/tmp/wheels
 # Some vendor images have only `python3`; the entrypoint and the launcher run `python`.
 command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python
 pip() { python -m pip "$@"; }
+
+index=/run/secrets/pip-index
+if [ -f "$index" ]; then
+  while IFS='=' read -r key value; do
+    case "$key" in
+      PIP_INDEX_URL|PIP_EXTRA_INDEX_URL|PIP_TRUSTED_HOST|TORCH_INDEX_URL) export "$key=$value" ;;
+      ''|'#'*) ;;
+      *) echo "install-stack: $index: unknown key '$key' (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST, TORCH_INDEX_URL)" >&2; exit 1 ;;
+    esac
+  done < <(cat "$index"; echo)
+fi
 
 if [ -n "${TORCH_SPEC:-}" ]; then
   pip install --find-links "$wheels" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
