@@ -67,7 +67,7 @@ def test_zero3_full_model_precomputed_reference(root):
     logs = [r for r in read_metrics(out) if "loss" in r]
     assert len(logs) == 3 and "rewards/margins" in logs[0] and "logps/ref_chosen" in logs[0]
     # the table both ranks built under ZeRO-3 equals a single-process pass of the frozen model
-    table = torch.load(out / REFERENCE_FILE)
+    table = torch.load(out / REFERENCE_FILE, weights_only=True)
     assert sorted(table) == list(range(8))
     model = LlavaForConditionalGeneration.from_pretrained(root / "model")
     processor = AutoProcessor.from_pretrained(root / "model")
@@ -105,5 +105,5 @@ def test_zero3_text_only_pair_beside_image_pairs(root):
     _spawn(_config(root, out, data_path=str(root / "pairs_text.json"), per_device_train_batch_size=1,
                    max_steps=4))
     assert (out / "final" / "config.json").is_file()
-    assert sorted(torch.load(out / REFERENCE_FILE)) == list(range(8))
+    assert sorted(torch.load(out / REFERENCE_FILE, weights_only=True)) == list(range(8))
     assert len([r for r in read_metrics(out) if "loss" in r]) == 4   # every pair of the epoch

@@ -85,7 +85,7 @@ def test_precomputed_reference_stored_and_reused_on_resume(setup):
     with torch.no_grad():
         want_c, want_r, _, _ = trainer.pair_logps(frozen, batch)
     assert torch.allclose(ref_c, want_c, atol=1e-5) and torch.allclose(ref_r, want_r, atol=1e-5)
-    assert len(torch.load(out / REFERENCE_FILE)) == len(dataset)
+    assert len(torch.load(out / REFERENCE_FILE, weights_only=True)) == len(dataset)
 
     # a resumed job reads the table, whatever the policy has become since
     with torch.no_grad():
