@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from packaging.version import Version
 from llava_core.compat import TORCH
 from llava_core.config import TrainConfig
 from llava_core.hub import ModelNotFoundError, hub_unavailable, locate, looks_local
-from llava_core.io import atomic_dir, atomic_write_json
+from llava_core.io import atomic_write_json
 
 # LLaVA's architecture -> (the LLM's model_type and class, LLaVA's model_type as its code writes it)
 ARCHITECTURES = {"LlavaLlamaForCausalLM": ("llama", "LlamaForCausalLM", "llava_llama"),
@@ -146,29 +147,47 @@ def _parts_folder(folder: Path, config: dict[str, Any], tower: str) -> Path:
     """A folder beside the machine's temp files holding the checkpoint's LLM (links to its files, a
     plain LLM config.json), its projector as ``mm_projector.bin`` and, when LLaVA would load the
     checkpoint's own tower weights (``unfreeze_mm_vision_tower``), that tower as ``vision_tower/``.
-    Made once per checkpoint (its path, config and tower) and reused."""
+    Made once per checkpoint (its path, config and tower) and reused; the first of the processes
+    that make it at once (the ranks of a node) wins, the others take that one."""
     key = hashlib.sha256(json.dumps([str(folder.resolve()), config, tower], sort_keys=True).encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / f"llava-original-{os.getuid()}" / key
-    if (target / "mm_projector.bin").is_file():
+    if _complete(target):
         return target
-    weights = read_weights(folder, (PROJECTOR_PREFIX, TOWER_PREFIX))
+    own_tower = bool(config.get("unfreeze_mm_vision_tower"))
+    weights = read_weights(folder, (PROJECTOR_PREFIX, TOWER_PREFIX) if own_tower else (PROJECTOR_PREFIX,))
     projector = {k: v for k, v in weights.items() if k.startswith(PROJECTOR_PREFIX)}
     if not projector:
         raise ValueError(f"{folder}: no {PROJECTOR_PREFIX}* weights in this LLaVA-original checkpoint")
-    with atomic_dir(target) as tmp:
+    tower_weights = {k[len(TOWER_PREFIX):]: v for k, v in weights.items() if k.startswith(TOWER_PREFIX)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
+    try:
         for f in folder.iterdir():
             if f.is_file() and f.name != "config.json":
                 (tmp / f.name).symlink_to(f.resolve())
         atomic_write_json(tmp / "config.json", llm_config(config, str(folder)))
         torch.save(projector, tmp / "mm_projector.bin")
-        tower_weights = {k[len(TOWER_PREFIX):]: v for k, v in weights.items() if k.startswith(TOWER_PREFIX)}
-        if config.get("unfreeze_mm_vision_tower") and tower_weights:
+        if tower_weights:
             from transformers import AutoConfig, AutoImageProcessor
 
             vision = AutoConfig.from_pretrained(tower)
             write_tower(tmp / "vision_tower", getattr(vision, "vision_config", None) or vision,
                         AutoImageProcessor.from_pretrained(tower), tower_weights)
+        if target.exists() and not _complete(target):  # left over, its files since removed
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _complete(target):  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _complete(parts: Path) -> bool:
+    """True when the parts folder is finished and all its links still lead to files."""
+    return (parts / "mm_projector.bin").is_file() and all(f.exists() for f in parts.iterdir())
 
 
 def write_tower(out: Path, vision_config: Any, image_processor: Any, weights: dict[str, torch.Tensor]) -> None:

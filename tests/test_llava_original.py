@@ -212,3 +212,23 @@ def test_jobs_export_converts_an_original_checkpoint_for_chat_and_eval(tmp_path,
     model, processor = load_model(tmp_path / "hf")
     assert processor.chat_template  # v1's, as LLaVA-1.5 is prompted
     _equal_to_llava(original, model, processor)
+
+
+def _parts_of(path: str) -> str:
+    from llava_core.llava_original import as_parts
+
+    return as_parts(TrainConfig(model_name_or_path=path)).model_name_or_path
+
+
+def test_ranks_converting_at_once_share_one_complete_parts_folder(tmp_path, tower):
+    """The ranks of a node convert the same checkpoint at the same moment: the first folder wins."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    original = tmp_path / "llava-v1.5-tiny"
+    write_original(original, tower, "safetensors", "mlp2x_gelu", True)
+    with ProcessPoolExecutor(3) as pool:
+        folders = set(pool.map(_parts_of, [str(original)] * 3))
+    assert len(folders) == 1
+    parts = Path(folders.pop())
+    assert {p.name for p in parts.iterdir()} >= {"config.json", "mm_projector.bin", "model.safetensors", "vision_tower"}
+    assert not list(parts.parent.glob(f".{parts.name}.tmp-*"))  # no temp folders left
