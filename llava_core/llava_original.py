@@ -103,9 +103,10 @@ def llm_config(config: dict[str, Any], where: str = "config.json") -> dict[str, 
     return kept | {"model_type": text_type, "architectures": [text_class]}
 
 
-def as_parts(cfg: TrainConfig) -> TrainConfig:
+def as_parts(cfg: TrainConfig, weights: bool = True) -> TrainConfig:
     """``cfg`` unchanged, unless ``--model_name_or_path`` is a LLaVA-original checkpoint: then the
-    config of a new LLaVA assembled from that checkpoint's LLM, vision tower and projector.
+    config of a new LLaVA assembled from that checkpoint's LLM, vision tower and projector
+    (``weights=False``: the configs and tokenizer only, for the processor and size estimates).
 
     The tower is ``--vision_tower`` when given (e.g. a local copy), else the checkpoint's
     ``mm_vision_tower``, located offline as every model flag is; the projector type, vision layer and
@@ -124,7 +125,8 @@ def as_parts(cfg: TrainConfig) -> TrainConfig:
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(cfg.model_name_or_path, cache_dir=cfg.cache_dir,
-                                        allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]))
+                                        allow_patterns=["*.json", "*.model", "*.txt"]
+                                        + (["*.safetensors", "*.bin"] if weights else [])))
     tower = cfg.vision_tower or config["mm_vision_tower"]
     try:
         tower = locate(tower, "vision_tower", cfg.cache_dir)
@@ -133,40 +135,44 @@ def as_parts(cfg: TrainConfig) -> TrainConfig:
             raise
         raise ModelNotFoundError(f"{where}: its config.json names the vision tower mm_vision_tower={tower}, "
                                  f"which cannot be found ({e}); or pass --vision_tower with a copy of it") from None
-    parts = _parts_folder(folder, config, tower)
+    parts = _parts_folder(folder, config, tower, weights)
     if (parts / "vision_tower").is_dir():
         tower = str(parts / "vision_tower")
     return dataclasses.replace(
-        cfg, model_name_or_path=str(parts), vision_tower=tower, pretrain_mm_mlp_adapter=str(parts / "mm_projector.bin"),
+        cfg, model_name_or_path=str(parts), vision_tower=tower,
+        pretrain_mm_mlp_adapter=str(parts / "mm_projector.bin") if weights else None,
         mm_projector_type=config.get("mm_projector_type", "linear"),
         mm_vision_select_layer=int(config.get("mm_vision_select_layer", -1)),
         mm_vision_select_feature=config.get("mm_vision_select_feature", "patch"))
 
 
-def _parts_folder(folder: Path, config: dict[str, Any], tower: str) -> Path:
+def _parts_folder(folder: Path, config: dict[str, Any], tower: str, weights: bool = True) -> Path:
     """A folder beside the machine's temp files holding the checkpoint's LLM (links to its files, a
     plain LLM config.json), its projector as ``mm_projector.bin`` and, when LLaVA would load the
-    checkpoint's own tower weights (``unfreeze_mm_vision_tower``), that tower as ``vision_tower/``.
-    Made once per checkpoint (its path, config and tower) and reused; the first of the processes
-    that make it at once (the ranks of a node) wins, the others take that one."""
+    checkpoint's own tower weights (``unfreeze_mm_vision_tower``), that tower as ``vision_tower/``
+    (``weights=False``: the links to its configs and tokenizer and the LLM config only). Made once
+    per checkpoint (its path, config and tower) and reused; the first of the processes that make it
+    at once (the ranks of a node) wins, the others take that one."""
     key = hashlib.sha256(json.dumps([str(folder.resolve()), config, tower], sort_keys=True).encode()).hexdigest()[:16]
+    key += "" if weights else "-configs"
     target = Path(tempfile.gettempdir()) / f"llava-original-{os.getuid()}" / key
     if _complete(target):
         return target
     own_tower = bool(config.get("unfreeze_mm_vision_tower"))
-    weights = read_weights(folder, (PROJECTOR_PREFIX, TOWER_PREFIX) if own_tower else (PROJECTOR_PREFIX,))
-    projector = {k: v for k, v in weights.items() if k.startswith(PROJECTOR_PREFIX)}
-    if not projector:
+    state = read_weights(folder, (PROJECTOR_PREFIX, TOWER_PREFIX) if own_tower else (PROJECTOR_PREFIX,)) if weights else {}
+    projector = {k: v for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}
+    if weights and not projector:
         raise ValueError(f"{folder}: no {PROJECTOR_PREFIX}* weights in this LLaVA-original checkpoint")
-    tower_weights = {k[len(TOWER_PREFIX):]: v for k, v in weights.items() if k.startswith(TOWER_PREFIX)}
+    tower_weights = {k[len(TOWER_PREFIX):]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=target.parent))
     try:
         for f in folder.iterdir():
-            if f.is_file() and f.name != "config.json":
+            if f.is_file() and f.name != "config.json" and (weights or not _holds_weights(f.name)):
                 (tmp / f.name).symlink_to(f.resolve())
         atomic_write_json(tmp / "config.json", llm_config(config, str(folder)))
-        torch.save(projector, tmp / "mm_projector.bin")
+        if projector:
+            torch.save(projector, tmp / "mm_projector.bin")
         if tower_weights:
             from transformers import AutoConfig, AutoImageProcessor
 
@@ -186,8 +192,12 @@ def _parts_folder(folder: Path, config: dict[str, Any], tower: str) -> Path:
 
 
 def _complete(parts: Path) -> bool:
-    """True when the parts folder is finished and all its links still lead to files."""
-    return (parts / "mm_projector.bin").is_file() and all(f.exists() for f in parts.iterdir())
+    """True when the parts folder exists (it appears whole, by a rename) and its links still lead to files."""
+    return (parts / "config.json").is_file() and all(f.exists() for f in parts.iterdir())
+
+
+def _holds_weights(name: str) -> bool:
+    return name.endswith((".safetensors", ".bin")) or name in _INDEXES
 
 
 def write_tower(out: Path, vision_config: Any, image_processor: Any, weights: dict[str, torch.Tensor]) -> None:

@@ -88,7 +88,7 @@ def _select_strategy(vision_cfg, cfg: TrainConfig) -> tuple[str, bool]:
 
 def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
     """The processor a run uses and the image tokens per image, without loading any weights."""
-    cfg = as_parts(cfg)
+    cfg = as_parts(cfg, weights=False)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
@@ -156,7 +156,7 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
 
 def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration:
     """The run's model on the meta device, from configs only (no weights): for size and memory estimates."""
-    cfg = as_parts(cfg)
+    cfg = as_parts(cfg, weights=False)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     else:

@@ -232,3 +232,18 @@ def test_ranks_converting_at_once_share_one_complete_parts_folder(tmp_path, towe
     parts = Path(folders.pop())
     assert {p.name for p in parts.iterdir()} >= {"config.json", "mm_projector.bin", "model.safetensors", "vision_tower"}
     assert not list(parts.parent.glob(f".{parts.name}.tmp-*"))  # no temp folders left
+
+
+def test_processor_and_size_estimate_need_no_weights(tmp_path, tower):
+    """What submit's checks and data validation load (processor, meta-device model) reads configs only."""
+    from llava_core.model import load_processor, skeleton
+
+    original = tmp_path / "llava-v1.5-tiny"
+    write_original(original, tower, "safetensors", "mlp2x_gelu", True)
+    (original / "model.safetensors").unlink()
+    cfg = TrainConfig(model_name_or_path=str(original))
+    processor, n_image_tokens = load_processor(cfg)
+    assert n_image_tokens == N_PATCHES and "<image>" in processor.tokenizer.get_vocab()
+    model = skeleton(cfg)
+    assert model.config.vision_feature_layer == -2
+    assert model.model.multi_modal_projector.linear_1.weight.shape == (64, 32)
