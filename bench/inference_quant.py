@@ -121,9 +121,28 @@ def infer(folder: Path, bits: int, new_tokens: int) -> dict[str, Any]:
     generate(8)  # warm-up: kernels, allocator
     prefill = statistics.median(generate(1) for _ in range(3))
     total = generate(new_tokens)
+    forward_ms = _decode_forward_ms(model, inputs)
     return {"bits": bits, "load_s": round(load_s, 1), "weights": memory_line(model),
             "loaded_gib": loaded, "peak_gib": _allocated(peak=True), "prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": new_tokens,
-            "prefill_s": round(prefill, 3), "decode_tok_s": round((new_tokens - 1) / (total - prefill), 1)}
+            "prefill_s": round(prefill, 3), "decode_tok_s": round((new_tokens - 1) / (total - prefill), 1),
+            "forward_ms": forward_ms}
+
+
+def _decode_forward_ms(model, inputs: dict[str, torch.Tensor], steps: int = 32) -> float:
+    """Median time of one decoding forward pass (one token, KV cache of the prompt) outside
+    ``generate``: what the model costs per token without the generation loop around it."""
+    with torch.inference_mode():
+        out = model(**inputs, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        times = []
+        for _ in range(steps):
+            _sync()
+            t = time.perf_counter()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            _sync()
+            times.append(time.perf_counter() - t)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return round(1000 * statistics.median(times), 2)
 
 
 def train(folder: Path, bits: int, steps: int, batch: int, text_tokens: int) -> dict[str, Any]:
@@ -185,9 +204,10 @@ def _child(args: argparse.Namespace) -> None:
 
 def table(results: list[dict[str, Any]]) -> str:
     """The results as two markdown tables."""
-    rows = ["| run | load s | GiB after load | peak GiB | prefill s | decode tok/s |", "|---|---|---|---|---|---|"]
+    rows = ["| run | load s | GiB after load | peak GiB | prefill s | decode tok/s | forward ms/token |",
+            "|---|---|---|---|---|---|---|"]
     rows += [f"| {r['run']} | {r['load_s']} | {r['loaded_gib']} | {r['peak_gib']} | {r['prefill_s']} | "
-             f"{r['decode_tok_s']} |" for r in results if r["run"] in INFERENCE]
+             f"{r['decode_tok_s']} | {r['forward_ms']} |" for r in results if r["run"] in INFERENCE]
     rows += ["", "| run | batch x tokens | GiB after load | peak GiB | step s | tokens/s |", "|---|---|---|---|---|---|"]
     rows += [f"| {r['run']} | {r['batch']} x {r['tokens']} | {r['loaded_gib']} | {r['peak_gib']} | {r['step_s']} | "
              f"{r['tokens_s']} |" for r in results if r["run"] in TRAINING]

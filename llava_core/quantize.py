@@ -16,7 +16,9 @@ import torch
 from llava_core.config import TrainConfig
 
 QUANT_TYPES = ("nf4", "fp4")
-SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head"]
+# module-name prefixes: transformers 5 matches them from the start of a name (or as a suffix),
+# 4.x as "<prefix>." inside it; a bare "vision_tower" would quantize the tower on 5.x
+SKIP_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 NVIDIA_ONLY = "bitsandbytes' 4/8-bit kernels run on NVIDIA GPUs (CUDA) only"
 INSTALL_HINT = "pip install 'llava-cluster[quant]' (bitsandbytes 0.50.2; the CUDA build of torch first)"
 

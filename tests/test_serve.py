@@ -172,13 +172,28 @@ def test_bnb_config_has_llavas_qlora_settings():
     four = bnb_config(4, torch.bfloat16)
     assert four.load_in_4bit and not four.load_in_8bit and four.bnb_4bit_quant_type == "nf4"
     assert four.bnb_4bit_use_double_quant and four.bnb_4bit_compute_dtype == torch.bfloat16
-    assert four.llm_int8_skip_modules == SKIP_MODULES == ["vision_tower", "multi_modal_projector", "lm_head"]
+    assert four.llm_int8_skip_modules == SKIP_MODULES
     eight = bnb_config(8, double_quant=False, quant_type="fp4")
     assert eight.load_in_8bit and not eight.load_in_4bit and eight.llm_int8_threshold == 6.0
     with pytest.raises(ValueError, match="--bits 3"):
         bnb_config(3)
     with pytest.raises(ValueError, match="--quant_type 'int4'"):
         bnb_config(4, quant_type="int4")
+
+
+def test_only_the_language_models_linear_layers_are_quantized(tiny):
+    from llava_core.quantize import SKIP_MODULES
+
+    try:  # transformers 5: the rule its bitsandbytes quantizer applies to every module name
+        from transformers.quantizers.quantizers_utils import should_convert_module
+    except ImportError:  # 4.x: a module is kept when "<name>." is in its name
+        def should_convert_module(name, patterns):
+            return not any(f"{p}." in name or p == name for p in patterns)
+    model, _ = load_model(tiny[0])
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    converted = {n for n in linear if should_convert_module(n, SKIP_MODULES)}
+    assert converted and all(".language_model." in n for n in converted)
+    assert {n for n in linear if ".language_model." in n} == converted
 
 
 def test_train_config_bits_and_quant_flags():
