@@ -233,8 +233,8 @@ def read_weights(folder: Path, prefixes: tuple[str, ...]) -> dict[str, torch.Ten
         else:
             if TORCH < Version("2.6"):  # as transformers refuses it (CVE-2025-32434)
                 raise ValueError(f"{path}: torch {TORCH} cannot load .bin weights safely (CVE-2025-32434, fixed in "
-                                 "torch 2.6): use the checkpoint's safetensors version, or load it once on a stack "
-                                 "with torch >= 2.6 and export it (python -m jobs.export RUN --to llava writes safetensors)")
+                                 "torch 2.6): use the checkpoint's safetensors version, or convert it once on a stack with "
+                                 "torch >= 2.6 (python -m jobs.export CHECKPOINT --out DIR writes safetensors)")
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
             out.update({k: v for k, v in state.items() if k.startswith(prefixes)})
     return out
