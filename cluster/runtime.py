@@ -276,7 +276,7 @@ def _redirect_output(log: Path, rank: int) -> None:
     print(
         f"host={socket.gethostname()} rank={rank} world_size={os.environ['WORLD_SIZE']} "
         f"local_rank={os.environ.get('LOCAL_RANK')} master={os.environ.get('MASTER_ADDR')}:"
-        f"{os.environ.get('MASTER_PORT')} job={job} restart={restart_count()} start={_now()}",
+        f"{os.environ.get('MASTER_PORT')} job={job} restart={restart_count()} start={_now()} pid={os.getpid()}",
         flush=True,
     )
 
@@ -301,8 +301,13 @@ def _cancelled(ctx: RankContext) -> bool:
     """True when the stop comes from a cancel (``jobs.cancel``, ``scancel``): no requeue then."""
     if ctx.executor != "slurm":
         return (ctx.job_dir / "local" / CANCEL_FILE).exists()
-    out = subprocess.run(["scontrol", "show", "job", "-o", os.environ.get("SLURM_JOB_ID", "")],
-                         capture_output=True, text=True, timeout=60)
+    job = os.environ.get("SLURM_JOB_ID", "")
+    # while the job's tasks get KillWait to stop, scontrol says COMPLETING and sacct "CANCELLED by UID"
+    sacct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"], capture_output=True, text=True,
+                           timeout=60)
+    if sacct.returncode == 0 and sacct.stdout.strip():
+        return sacct.stdout.strip().splitlines()[-1].startswith("CANCELLED")
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60)
     return "JobState=CANCELLED" in out.stdout
 
 
@@ -319,7 +324,7 @@ def _stop_for_requeue(ctx: RankContext, rank: int) -> None:
             f"the scheduler asked the job to stop ({name}) and it has been requeued {done} time(s) "
             f"(--max-requeues {ctx.max_requeues}): not requeued; resubmit to resume"
         )
-    print(f"[cluster] rank {rank}: stop requested ({name}), requeue {done + 1}/{ctx.max_requeues}", flush=True)
+    print(f"[cluster] rank {rank}: stop requested, requeue {done + 1}/{ctx.max_requeues} ({name})", flush=True)
     if ctx.executor == "slurm":
         if rank == 0:
             out = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True,

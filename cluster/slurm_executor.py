@@ -213,8 +213,9 @@ class SlurmExecutor:
 
     def state(self, job_dir: Path, record: dict) -> dict:
         info = _scontrol_job(record["job_id"]) or _sacct_job(record["job_id"])
-        if info is None:
-            return {"state": "UNKNOWN"}
+        if info is None:  # the scheduler forgot the job (or is down): srun's lines still name the cause
+            return {"state": "UNKNOWN",
+                    "rank_exits": task_exits(job_dir / "submitit" / f"{record['job_id']}_0_log.err")}
         state = info["JobState"]
         time_left = None
         limit, run = _seconds(info.get("TimeLimit", "")), _seconds(info.get("RunTime", ""))

@@ -59,7 +59,7 @@ def test_sigterm_on_one_rank_checkpoints_at_the_step_and_requeues(tmp_path):
     os.kill(job_state(handle.job_dir)["pids"][1], signal.SIGTERM)
     result = handle.wait(timeout=120)
     assert result["step"] == 12 and 3 <= result["segments"][1] < 12
-    assert "stop requested (SIGTERM), requeue 1/1" in (handle.job_dir / "logs" / "rank1.log").read_text()
+    assert "stop requested, requeue 1/1 (SIGTERM)" in (handle.job_dir / "logs" / "rank1.log").read_text()
 
 
 def test_stop_signals_to_the_supervisor_checkpoint_stop_the_ranks_and_are_recorded(tmp_path):
