@@ -25,11 +25,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bench.models import ModelSpec
+from llava_core.data import IGNORE_INDEX
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 SYSTEM_TOKENS = 35
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ LLaVA's does) but no scheduler section, so the Trainer's ``lr_scheduler_type`` (
 
 from __future__ import annotations
 
+import copy
 import json
 from importlib import metadata
 from pathlib import Path
@@ -55,12 +56,8 @@ def _installed_deepspeed() -> str | None:
 
 
 def load_zero_config(name_or_path: str | Path, platform: str | None = None) -> dict:
-    """Load a ZeRO config by name or path; on ``platform="cpu"`` use torch's Adam.
-
-    DeepSpeed's CPU accelerator otherwise JIT-compiles ``fused_adam`` (~46 s) or ``cpu_adam`` (~41 s)
-    for an optimizer section; ``"torch_adam": true`` makes it use ``torch.optim.AdamW``. On a known
-    platform a config this DeepSpeed cannot run (:func:`known_bug`) is refused with the fix.
-    """
+    """Load a ZeRO config by name or path, made ready for ``platform`` when one is given
+    (:func:`for_platform`)."""
     path = zero_config_path(name_or_path)
     try:
         config = json.loads(path.read_text())
@@ -68,8 +65,19 @@ def load_zero_config(name_or_path: str | Path, platform: str | None = None) -> d
         raise ValueError(f"--deepspeed: {path} is not valid JSON: {err}") from None
     if not isinstance(config.get("zero_optimization"), dict):
         raise ValueError(f"--deepspeed: {path} has no 'zero_optimization' section")
+    return for_platform(config, platform, str(name_or_path)) if platform is not None else config
+
+
+def for_platform(config: dict, platform: str, label: str = "config") -> dict:
+    """``config`` as it runs on ``platform``: on ``cpu`` with torch's Adam; a config this DeepSpeed
+    cannot run there (:func:`known_bug`) is refused with the fix.
+
+    DeepSpeed's CPU accelerator otherwise JIT-compiles ``fused_adam`` (~46 s) or ``cpu_adam`` (~41 s)
+    for an optimizer section; ``"torch_adam": true`` makes it use ``torch.optim.AdamW``.
+    """
+    config = copy.deepcopy(config)
     if platform == "cpu" and "optimizer" in config:
         config["optimizer"].setdefault("params", {})["torch_adam"] = True
-    if platform is not None and (bug := known_bug(config, platform)):
-        raise ValueError(f"--deepspeed {name_or_path}: {bug}")
+    if bug := known_bug(config, platform):
+        raise ValueError(f"--deepspeed {label}: {bug}")
     return config

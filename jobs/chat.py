@@ -14,17 +14,13 @@ from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
 from llava_core.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.quantize import memory_line
+from llava_core.run_config import read_run_config
 
 
 def trained_version(model: str) -> str:
-    """The prompt format recorded in the run's config.yaml (a run dir or a folder inside one), else v1."""
-    import yaml
-
-    path = Path(model).absolute()
-    for folder in (path, *path.parents):
-        if (folder / "config.yaml").is_file():
-            return str((yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("version", "v1"))
-    return "v1"
+    """The prompt format of the run ``model`` belongs to (its config.yaml), else v1."""
+    saved = read_run_config(model)
+    return str(getattr(saved.settings, "version", "v1")) if saved is not None else "v1"
 
 
 def main(prompt: str | None = None, model: str = "", image: str | None = None,

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, Callable
 
+from cluster.launch import LaunchSpec
 from llava_core.config import TrainConfig
 from llava_core.data import ValidationReport
 
@@ -54,10 +56,6 @@ def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], g
     from llava_core.model import skeleton
     from llava_core.speed import job_shape, local_gpu_gib
 
-    from cluster.deepspeed import load_zero_config
-
-    if isinstance(cfg.deepspeed, str):
-        cfg = dataclasses.replace(cfg, deepspeed=load_zero_config(cfg.deepspeed))
     model = apply_freeze_plan(skeleton(cfg), cfg)
     shape = dataclasses.replace(job_shape(model, cfg, lengths or [cfg.model_max_length]), world_size=processes)
     gpu_gib = gpu_gib or local_gpu_gib()
@@ -134,61 +132,107 @@ def check_projector(cfg: TrainConfig) -> Check | None:
     return Check("projector", PASSED, path)
 
 
-def check_deepspeed(cfg: TrainConfig, platform: str | None = None) -> Check | None:
+def check_deepspeed(cfg: TrainConfig, platform: str | None = None) -> tuple[Check | None, TrainConfig]:
     """A named or JSON ZeRO config that loads, and that this DeepSpeed can run on ``platform`` when
-    the job names one (``--platform``, ``--cluster``)."""
+    the job names one (``--platform``, ``--cluster``); ``cfg`` with the config itself in place of
+    its name or path (resolved here, once: the ranks and config.yaml get the dict)."""
     from cluster.deepspeed import ZERO_CONFIG_NAMES, load_zero_config
 
     if not cfg.deepspeed or isinstance(cfg.deepspeed, dict):
-        return None
+        return None, cfg
     try:
         config = load_zero_config(cfg.deepspeed, platform)
     except ValueError as e:
         stem = Path(cfg.deepspeed).stem
         hint = f" (LLaVA's {Path(cfg.deepspeed).name} ships here as --deepspeed {stem})" if stem in ZERO_CONFIG_NAMES else ""
-        return Check("deepspeed", FAILED, f"{e}{hint}")
-    return Check("deepspeed", PASSED, f"{cfg.deepspeed}: ZeRO stage {config['zero_optimization'].get('stage')}")
+        return Check("deepspeed", FAILED, f"{e}{hint}"), cfg
+    check = Check("deepspeed", PASSED, f"{cfg.deepspeed}: ZeRO stage {config['zero_optimization'].get('stage')}")
+    return check, dataclasses.replace(cfg, deepspeed=config)
 
 
-def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str) -> tuple[list[Check], ValidationReport | None]:
-    """Validate every sample: structure and images always, lengths when the tokenizer and vision
-    tower load (``located``), else a skipped ``lengths`` check saying why (``why_no_model``)."""
-    from llava_core.data import ImageLoader, load_records, validate
+def check_training_arguments(cfg: TrainConfig) -> Check:
+    """The ``transformers.TrainingArguments`` the ranks will build, built here (no model loaded):
+    scheduler, optimizer and any passed-through field fail now, not after the queue. Precision
+    and TF32 depend on the ranks' GPU and are left to the platform checks there."""
+    from transformers.trainer_utils import SchedulerType
+
+    from llava_core.train import training_arguments
+
+    if cfg.max_steps <= 0 and cfg.num_train_epochs <= 0:
+        return Check("training arguments", FAILED, f"--num_train_epochs {cfg.num_train_epochs} trains nothing: "
+                                                   "give a positive number of epochs or --max_steps N")
+    if cfg.bf16 and cfg.fp16:
+        return Check("training arguments", FAILED, "--bf16 True and --fp16 True: pick one precision")
+    try:
+        args = training_arguments(dataclasses.replace(cfg, bf16=False, fp16=False, tf32=None, deepspeed=None,
+                                                      report_to="none"), cpu_shared_state=False)
+    except (ValueError, TypeError, ImportError) as e:
+        return Check("training arguments", FAILED, _name_the_flag(str(e), cfg))
+    scheduler = SchedulerType(args.lr_scheduler_type).value
+    return Check("training arguments", PASSED, f"optimizer {args.optim.value if hasattr(args.optim, 'value') else args.optim}, "
+                                               f"scheduler {scheduler}")
+
+
+def _name_the_flag(error: str, cfg: TrainConfig) -> str:
+    """TrainingArguments' error with the flag whose value it rejects in front ("x is not a valid ...")."""
+    values = {**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, **cfg.training_args}
+    rejected = error.split(" is not a valid ", 1)[0].strip("'\"") if " is not a valid " in error else None
+    flag = next((name for name, value in values.items() if rejected is not None and str(value) == rejected), None)
+    return f"--{flag} {rejected}: {error}" if flag else error
+
+
+def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
+               workers: int | None = None) -> tuple[list[Check], ValidationReport | None]:
+    """Validate every sample on ``workers`` processes (None: all cores), cached when nothing
+    changed (llava_core.preflight): structure and images always, lengths when the tokenizer and
+    vision tower load (``located``), else a skipped ``lengths`` check saying why (``why_no_model``)."""
+    import time
+
+    from llava_core.data import check_level
+    from llava_core.preflight import preflight
 
     if not cfg.data_path:
         return [Check("data", FAILED, "--data_path is required (LLaVA JSON or JSONL)")], None
     if cfg.image_folder and not Path(cfg.image_folder).is_dir():
         return [Check("data", FAILED, f"--image_folder {cfg.image_folder}: no such folder")], None
-    try:
-        records = load_records(cfg.data_path)
-    except (OSError, ValueError) as e:
-        return [Check("data", FAILED, str(e))], None
     checks = []
-    if located is None:
-        images = ImageLoader(None, cfg.image_folder, cfg.image_aspect_ratio) if cfg.image_folder else None
-        report = validate(records, None, images, cfg.check_images, cfg.prompt_format)
-        checks.append(Check("lengths", SKIPPED, f"not checked: {why_no_model}"))
-    else:
-        from llava_core.train import validate_data
+    t0 = time.monotonic()
+    try:
+        check_level(cfg.check_images)
+        if located is None:
+            report = preflight(cfg.data_path, None, cfg.image_folder or None, cfg.check_images, cfg.prompt_format,
+                               cfg.allow_images_outside_folder, workers=workers)
+            checks.append(Check("lengths", SKIPPED, f"not checked: {why_no_model}"))
+        else:
+            from llava_core.train import validate_data
 
-        try:
-            report = validate_data(located)
-        except (OSError, ValueError) as e:
-            return [Check("data", FAILED, f"the tokenizer or image processor did not load: {e}")], None
+            report = validate_data(located, workers=workers)
+    except (OSError, ValueError) as e:  # a file-level problem, or the tokenizer / image processor did not load
+        return [Check("data", FAILED, str(e))], None
+    took = time.monotonic() - t0
     summary = report.summary(limit=10)
-    if report.problems and cfg.on_bad_sample == "fail":
+    if not report.good:
+        status = FAILED
+        summary += "\n  nothing to train on" if report.total else " (no records)"
+    elif report.problems and cfg.on_bad_sample == "fail":
         status = FAILED
         summary += "\n  fix them or pass --on_bad_sample skip"
     else:
         status = PASSED
     what = "structure and images" if located is None else "structure, images and lengths"
-    return [Check("data", status, f"{what}: {summary}"), *checks], report
+    first, _, rest = summary.partition("\n")
+    where = (f"cached result {report.cache}" if report.cache and took < 30 else f"{took:.0f} s") if report.total else ""
+    first += f" ({where})" if where else ""
+    return [Check("data", status, f"{what}: {first}" + (f"\n{rest}" if rest else "")), *checks], report
 
 
-def training_checks(job: str, cfg: TrainConfig, job_dir: Path, procs: int, gpus_per_node: int,
-                    recipe_batch: int | None, gpu_gib: float | None,
-                    platform: str | None = None) -> tuple[list[Check], ValidationReport | None]:
-    """Every check of a training job before it is submitted, and the data report."""
+def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict[str, Any],
+                    data_check: Callable[[TrainConfig], Check] | None = None,
+                    ) -> tuple[list[Check], TrainConfig, ValidationReport | None]:
+    """Every check of a training job before it is submitted (``job``: the job options); the config
+    with its ZeRO config resolved, and the data report. ``data_check`` replaces the LLaVA-data
+    validation (DPO pairs)."""
+    procs = spec.world_size
     checks = [check_output_dir(job_dir)]
     missing = [f for f in missing_flags(cfg) if f != "--data_path"]
     if missing:
@@ -198,30 +242,30 @@ def training_checks(job: str, cfg: TrainConfig, job_dir: Path, procs: int, gpus_
         model_check, located = check_models(cfg)
         checks.append(model_check)
         why = f"the tokenizer and image-token count need the model ({model_check.detail})"
-    checks += [c for c in (check_projector(cfg), check_deepspeed(cfg, platform)) if c]
+    ds_check, cfg = check_deepspeed(cfg, spec.platform)
+    if located is not None:
+        located = dataclasses.replace(located, deepspeed=cfg.deepspeed)
+    checks += [c for c in (check_projector(cfg), ds_check) if c]
     report = None
-    if job == "dpo":
-        if not cfg.data_path:
-            checks.append(Check("data", FAILED, "--data_path is required (DPO pairs: prompt, chosen, rejected)"))
-        elif not all(Path(p).is_file() for p in cfg.data_path.split(",") if p):
-            checks.append(Check("data", FAILED, f"--data_path {cfg.data_path}: no such file"))
-        else:
-            checks.append(Check("data", PASSED, f"{cfg.data_path} (pairs are checked on the ranks)"))
+    if data_check is not None:
+        checks.append(data_check(cfg))
     else:
         data_checks, report = check_data(cfg, located, why)
         checks += data_checks
+    checks.append(check_training_arguments(cfg))
     try:
-        checks.append(Check("global batch", PASSED, check_global_batch(cfg, procs, recipe_batch).split(": ", 1)[1]))
+        checks.append(Check("global batch", PASSED, check_global_batch(cfg, procs, job.get("global_batch_size")).split(": ", 1)[1]))
     except ValueError as e:
         checks.append(Check("global batch", FAILED, str(e).split(": ", 1)[1]))
     if located is None:
         checks.append(Check("memory estimate", SKIPPED, "needs the model's configs (see the model check)"))
-    elif not any(c.name == "deepspeed" and c.status == FAILED for c in checks):
+    elif ds_check is None or ds_check.status != FAILED:
         try:
-            line = estimate_memory_line(located, procs, report.lengths if report else [], gpus_per_node, gpu_gib)
+            line = estimate_memory_line(located, procs, report.lengths if report else [], spec.gpus_per_node,
+                                        job.get("gpu_gib"))
             checks.append(Check("memory estimate", PASSED, line))
         except (OSError, ValueError) as e:
             checks.append(Check("memory estimate", FAILED, f"the model's configs did not load: {e}"))
     else:
         checks.append(Check("memory estimate", SKIPPED, "needs a ZeRO config (see the deepspeed check)"))
-    return checks, report
+    return checks, cfg, report

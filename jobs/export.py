@@ -14,21 +14,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import yaml
-
 from jobs.cli import UsageError, run
-from jobs.options import train_config
+from llava_core.config import TrainConfig
 from llava_core.export import FORMATS, convert_llava_original, save_full_checkpoint
 from llava_core.export import merge_lora as merge_adapter
 from llava_core.hub import locate, locate_models
 from llava_core.llava_original import is_original
-
-
-def _run_dir(path: Path) -> Path:
-    for candidate in (path, *path.parents):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise UsageError(f"{path}: not inside a run directory (no config.yaml found above it)")
+from llava_core.run_config import read_run_config
 
 
 def main(path: str, merge_lora: bool = False, out: str | None = None, to: str = "hf", version: str = "v1") -> None:
@@ -45,11 +37,12 @@ def main(path: str, merge_lora: bool = False, out: str | None = None, to: str = 
     src = Path(path).absolute()
     if not src.exists():
         raise UsageError(f"{path}: no such run or checkpoint folder")
-    run_dir = _run_dir(src)
-    values = {k: v for k, v in yaml.safe_load((run_dir / "config.yaml").read_text()).items() if k != "job"}
-    values.pop("beta", None)
-    values.pop("loss_type", None)
-    cfg = train_config(values)
+    saved = read_run_config(src)
+    if saved is None:
+        raise UsageError(f"{path}: not inside a run directory (no config.yaml found above it)")
+    if not isinstance(saved.settings, TrainConfig):
+        raise UsageError(f"{path}: {saved.path} is the config of a {saved.job} job, which trains no model")
+    run_dir, cfg = saved.path.parent, saved.settings
     source = (run_dir / "adapter") if src == run_dir and cfg.lora_enable else src
     target = Path(out) if out else (run_dir / f"{'llava' if to == 'llava' else 'export'}-{source.name}")
     if cfg.lora_enable:

@@ -74,93 +74,98 @@ def _presets() -> str:
     return "presets (jobs/presets/NAME.yaml; --preset NAME):\n" + "\n".join(rows)
 
 
-def train_parser(prog: str, description: str, job_flags: bool = True, extra: dict[str, tuple[str, str, Any]] | None = None) -> argparse.ArgumentParser:
-    """An argparse parser, used for its help only, holding every flag of a training job in groups."""
-    from transformers import TrainingArguments
-
+def _launch_and_job_groups(parser: argparse.ArgumentParser, job_flags: bool, taken: set[str] = frozenset()) -> None:
     from cluster.launch import LaunchSpec
     from jobs.options import JOB_OPTIONS
+
+    if job_flags:
+        launch = parser.add_argument_group("launch (where and how the processes start)")
+        launch_docs = field_docs(LaunchSpec)
+        for f in dataclasses.fields(LaunchSpec):
+            if f.name not in ("job_dir", "name"):
+                group = f.metadata.get("group")
+                doc = launch_docs.get(f.name, ("", ""))[1] + (f" [{group} executors only]" if group else "")
+                _add(launch, f.name.replace("_", "-"), _type_name(f.type), doc, _default(f))
+    job = parser.add_argument_group("job")
+    for name, doc in JOB_OPTIONS.items():
+        if name in taken or (not job_flags and name not in ("preset", "config", "runs", "demo_assets")):
+            continue
+        if name in SWITCHES:
+            job.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=doc)
+        else:
+            _add(job, name, JOB_OPTION_TYPES.get(name, "str"), doc, None)
+
+
+def _settings_group(parser: argparse.ArgumentParser, title: str, cls: type, skip: set[str] = frozenset()) -> None:
+    """One group with a flag per field of the settings dataclass ``cls`` (its docstrings), but ``skip``."""
+    group = parser.add_argument_group(title)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in skip and not _type_name(f.type).startswith("dict"):
+            _add(group, f.name, _type_name(f.type), docs.get(f.name, ("", ""))[1], _default(f))
+
+
+def train_parser(prog: str, description: str, job_flags: bool = True, settings: type | None = None,
+                 extra: dict[str, tuple[str, str, Any]] | None = None) -> argparse.ArgumentParser:
+    """An argparse parser, used for its help only, holding every flag of a training job in groups:
+    TrainConfig's (LLaVA's names), those a subclass ``settings`` adds, the other TrainingArguments."""
+    from transformers import TrainingArguments
+
     from llava_core.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog=prog, usage=f"{prog} [--FLAG VALUE ...]", description=description,
                                      add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = {name: parser.add_argument_group(f"{name} (LLaVA's train.py names)") for name in ("model", "data")}
     groups["training"] = parser.add_argument_group("training (LLaVA's names, then any transformers.TrainingArguments field)")
+    base = {f.name for f in dataclasses.fields(TrainConfig)}
+    if settings is not None and settings is not TrainConfig:
+        _settings_group(parser, "this job's own", settings, skip=base)
     if extra:
-        dpo = parser.add_argument_group("this job's own")
+        own = parser.add_argument_group("this command's own")
         for name, (type_name, doc, default) in extra.items():
-            _add(dpo, name, type_name, doc, default)
+            _add(own, name, type_name, doc, default)
     docs = field_docs(TrainConfig)
     hf = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init and not f.name.startswith("_")}
     hf_help = {name: _first_sentence(f.metadata.get("help", "")) for name, f in hf.items()}
-    ours = set()
     for f in dataclasses.fields(TrainConfig):
         section, doc = docs.get(f.name, ("training", ""))
-        if f.name == "training_args":
-            continue
-        ours.add(f.name)
-        _add(groups[GROUPS.get(section, "training")], f.name, _type_name(f.type), doc or hf_help.get(f.name, ""), _default(f))
+        if f.name != "training_args":
+            _add(groups[GROUPS.get(section, "training")], f.name, _type_name(f.type), doc or hf_help.get(f.name, ""), _default(f))
     for name, f in hf.items():
-        if name not in ours:
+        if name not in base:
             _add(groups["training"], name, _type_name(f.type), hf_help[name], _default(f))
-    if job_flags:
-        launch = parser.add_argument_group("launch (where and how the processes start)")
-        launch_docs = field_docs(LaunchSpec)
-        for f in dataclasses.fields(LaunchSpec):
-            if f.name not in ("job_dir", "name"):
-                _add(launch, f.name.replace("_", "-"), _type_name(f.type), launch_docs.get(f.name, ("", ""))[1], _default(f))
-    job = parser.add_argument_group("job")
-    for name, doc in JOB_OPTIONS.items():
-        if not job_flags and name not in ("preset", "config", "runs", "demo_assets"):
-            continue
-        if name in SWITCHES:
-            job.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=doc)
-        else:
-            _add(job, name, JOB_OPTION_TYPES.get(name, "str"), doc, None)
+    _launch_and_job_groups(parser, job_flags, base)
     parser.epilog = _presets()
     return parser
 
 
-def _eval_parser(prog: str) -> argparse.ArgumentParser:
-    from jobs.eval_job import _OPTIONS
-    from llava_core.eval.run import evaluate
+def kind_parser(prog: str, kind_name: str) -> argparse.ArgumentParser:
+    """The help parser of one registered job kind, from its settings dataclass."""
+    from jobs.kinds import get_kind
+    from llava_core.config import TrainConfig
 
-    parser = argparse.ArgumentParser(prog=prog, usage=f"{prog} --task pope|vqa|caption --model M --data D --image_folder I",
-                                     description=inspect.getdoc(evaluate), add_help=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_argument_group("eval")
-    hints = inspect.signature(evaluate).parameters
-    for name, default in _OPTIONS.items():
-        required = default is inspect.Parameter.empty
-        _add(group, name, _type_name(hints[name].annotation), "required" if required else "", None if required else default)
+    kind = get_kind(kind_name)
+    cls = kind.settings_class
+    description = f"{kind.summary}.\n{inspect.getdoc(cls) or ''}\nThe order is preset <- --config file <- command line; " \
+                  "--dry-run prints the resolved config and the checks."
+    if issubclass(cls, TrainConfig):
+        return train_parser(prog, description, settings=cls)
+    parser = argparse.ArgumentParser(prog=prog, usage=f"{prog} [--FLAG VALUE ...]", description=description,
+                                     add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _settings_group(parser, kind.name, cls)
+    _launch_and_job_groups(parser, True)
     return parser
-
-
-JOB_SUMMARIES = {
-    "pretrain": "stage 1: train the projector on image-caption pairs (--version plain)",
-    "finetune": "stage 2: train the projector and the LLM, full or LoRA (--lora_enable True)",
-    "dpo": "HA-DPO-style preference training (--beta required)",
-    "eval": "POPE, VQA or captioning metrics, generation sharded over the ranks",
-    "demo": "the tiny end-to-end run on this machine (--with_dpo: DPO and evaluation again)",
-}
 
 
 def submit_help(args: list[str]) -> str:
     """``python -m jobs.submit [JOB] --help``."""
+    from jobs.kinds import KINDS, get_kind
+
     job = next((a for a in args if not a.startswith("-")), None)
     prog = f"python -m jobs.submit {job}" if job else "python -m jobs.submit"
-    if job in ("pretrain", "finetune", "dpo"):
-        extra = {"beta": ("float", "DPO temperature, required (HA-DPO's recipe: 0.1; their code's default 0.5)", None),
-                 "loss_type": ("str", "sigmoid, ipo or hinge", "sigmoid")} if job == "dpo" else None
-        return train_parser(prog, f"{JOB_SUMMARIES[job]}.\nThe order is preset <- --config file <- command line; "
-                            "--dry-run prints the resolved config and the checks.", extra=extra).format_help()
-    if job == "eval":
-        return _eval_parser(prog).format_help()
-    if job == "demo":
-        return (f"usage: {prog} [--runs DIR] [--executor local|docker] [--with_dpo] [--FLAG VALUE ...]\n\n"
-                f"{JOB_SUMMARIES['demo']}.\nFurther flags are finetune flags for its stage 2 "
-                "(python -m jobs.submit finetune --help).")
-    jobs = "\n".join(f"  {name:<10} {text}" for name, text in JOB_SUMMARIES.items())
+    if job in KINDS:
+        return kind_parser(prog, job).format_help()
+    jobs = "\n".join(f"  {name:<10} {get_kind(name).summary}" for name in KINDS)
     unknown = f"unknown job {job!r}\n\n" if job else ""
     return (f"{unknown}usage: {prog} JOB [--preset NAME] [--config FILE.yaml] [--dry-run] [--FLAG VALUE ...]\n\n"
             f"jobs:\n{jobs}\n\n`{prog} JOB --help` lists the job's flags.\n\n{_presets()}")

@@ -9,20 +9,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from transformers import TrainingArguments
 
 from cluster.launch import launch_option_names
 from llava_core.config import TrainConfig, unknown_key_message
+from llava_core.run_config import read_run_config
 
 PRESET_DIR = Path(__file__).with_name("presets")
+T = TypeVar("T", bound=TrainConfig)
 
 JOB_OPTIONS = {
     "preset": "a shipped preset name (jobs/presets/NAME.yaml) or a YAML path",
     "config": "a YAML file of flags, applied over the preset",
     "name": "job name (default: the preset or the job kind)",
+    "output_dir": "the job directory (default: <runs>/<name>-<YYYYmmdd-HHMMSS>)",
     "dry_run": "print the resolved config and the checks, start nothing",
     "global_batch_size": "the global batch the recipe expects (0: no check)",
     "follow": "wait for the job and stream rank 0's log (default for the local executor)",
@@ -55,6 +58,10 @@ def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} {path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{what} {path}: expected a mapping of flag: value")
+    if "config_format" in data:   # a run's config.yaml: its settings and launch options, to resubmit or resume it
+        saved = read_run_config(p)
+        settings = saved.settings.to_dict()
+        data = {**saved.launch, **settings.pop("training_args", {}), **settings}
     return {normalise(k): v for k, v in data.items()}
 
 
@@ -94,11 +101,11 @@ class Resolved:
     """Where each given option's value came from: preset NAME, config FILE or command line."""
 
 
-def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra_names: set[str] = frozenset(),
+def resolve(preset: str | None, config: str | None, flags: dict[str, Any], option_names: set[str] | None = None,
             job: str | None = None) -> Resolved:
     """Merge preset <- config file <- flags and split them; unknown names fail with suggestions.
 
-    ``extra_names`` are further option names the job kind accepts (e.g. DPO's ``beta``).
+    ``option_names`` are the names the job kind's settings take (default: a training job's).
     """
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -113,7 +120,7 @@ def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra
         origins.update(dict.fromkeys(given, source))
     sources = [source for source, _ in layers]
     launch_names = set(launch_option_names()) - {"job_dir", "name"}
-    valid = set(JOB_OPTIONS) | launch_names | TRAIN_FIELDS | HF_FIELDS | set(extra_names)
+    valid = set(JOB_OPTIONS) | launch_names | (TRAIN_FIELDS | HF_FIELDS if option_names is None else option_names)
     unknown = [k for k in merged if k not in valid]
     if unknown:
         raise ValueError("\n".join(unknown_key_message(k, valid) for k in unknown))
@@ -123,8 +130,13 @@ def resolve(preset: str | None, config: str | None, flags: dict[str, Any], extra
     return Resolved(job, launch, values, sources, origins)
 
 
-def train_config(values: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig for resolved values (TrainingArguments-only names go to ``training_args``)."""
-    ours = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
-    passthrough = {k: v for k, v in values.items() if k not in TRAIN_FIELDS}
-    return TrainConfig.from_dict({**ours, "training_args": {**values.get("training_args", {}), **passthrough}})
+def train_config(values: dict[str, Any], cls: type[T] = TrainConfig) -> T:
+    """The TrainConfig (or subclass ``cls``) for resolved values; names that are only
+    TrainingArguments fields go to ``training_args``."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"training_args"}
+    unknown = [k for k in values if k not in fields | HF_FIELDS | {"training_args"}]
+    if unknown:
+        raise ValueError("; ".join(unknown_key_message(k, fields | HF_FIELDS) for k in unknown))
+    ours = {k: v for k, v in values.items() if k in fields}
+    passthrough = {k: v for k, v in values.items() if k not in fields and k != "training_args"}
+    return cls.from_dict({**ours, "training_args": {**values.get("training_args", {}), **passthrough}})

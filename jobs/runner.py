@@ -1,19 +1,18 @@
-"""What every rank of a training job runs: platform adjustments, ZeRO config, then llava_core."""
+"""What every rank of a training job does before llava_core trains: the platform's adjustments,
+the models located offline, and the run's environment recorded."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform as pyplatform
 import socket
 import subprocess
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from cluster import platform as platforms
-from cluster.deepspeed import load_zero_config
-from cluster.preemption import stop_requested
-from llava_core.data import ValidationReport
+from cluster.deepspeed import for_platform
+from llava_core.config import TrainConfig
 from llava_core.io import atomic_write_json
 
 PLATFORM_FLAGS = ("tf32", "bf16", "fp16", "attn_implementation")
@@ -47,46 +46,31 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def apply_platform(values: dict[str, Any], platform_name: str | None) -> tuple[dict[str, Any], list[str], str]:
-    """Adjust precision/attention flags to the platform and resolve a named ZeRO config."""
+def apply_platform(cfg: TrainConfig, platform_name: str | None) -> tuple[TrainConfig, list[str], str]:
+    """``cfg`` with its precision/attention flags and ZeRO config made to fit the platform (named,
+    or detected on this rank), and each change as a line."""
     profile = platforms.resolve(platform_name)
-    present = {k: values[k] for k in PLATFORM_FLAGS if k in values}
-    adjusted, changes = profile.adjust(present)
-    values = {**values, **adjusted}
-    if isinstance(values.get("deepspeed"), str):
-        values["deepspeed"] = load_zero_config(values["deepspeed"], profile.name)
-    return values, [str(c) for c in changes], profile.name
+    adjusted, changes = profile.adjust({k: getattr(cfg, k) for k in PLATFORM_FLAGS})
+    if isinstance(cfg.deepspeed, dict):
+        adjusted["deepspeed"] = for_platform(cfg.deepspeed, profile.name)
+    return dataclasses.replace(cfg, **adjusted), [str(c) for c in changes], profile.name
 
 
-@dataclass
-class TrainTask:
-    """The picklable callable a training job hands to the executor (one call per rank)."""
+def prepare_rank(cfg: TrainConfig, platform_name: str | None) -> TrainConfig:
+    """The settings this rank trains with: the platform's adjustments and the models located
+    offline (the cache or a local path, no hub retries); rank 0 prints the changes and writes
+    ``env.json`` (host, world size, platform, git revision, versions)."""
+    from llava_core.hub import locate_models
+    from llava_core.quiet import quiet
 
-    kind: str  # pretrain | finetune | dpo
-    values: dict[str, Any]
-    platform: str | None = None
-    report: ValidationReport | None = None
-
-    def __call__(self):
-        from jobs.options import train_config
-
-        from llava_core.hub import locate_models
-        from llava_core.quiet import quiet
-
-        quiet()
-        values, changes, platform_name = apply_platform(self.values, self.platform)
-        values = {**values, **locate_models(values)}  # offline: from the cache, no hub retries
-        if int(os.environ.get("RANK", "0")) == 0:
-            for change in changes:
-                print(f"[platform {platform_name}] {change}", flush=True)
-            atomic_write_json(Path(values["output_dir"]) / "env.json", {
-                "host": socket.gethostname(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-                "platform": platform_name, "platform_changes": changes, "git_revision": git_revision(),
-                "versions": software_versions()})
-        if self.kind == "dpo":
-            from jobs.dpo_job import run_dpo
-
-            return run_dpo(values, should_stop=stop_requested)
-        from llava_core.train import train
-
-        return train(train_config(values), should_stop=stop_requested, report=self.report)
+    quiet()
+    cfg, changes, name = apply_platform(cfg, platform_name)
+    cfg = dataclasses.replace(cfg, **locate_models(vars(cfg)))
+    if int(os.environ.get("RANK", "0")) == 0:
+        for change in changes:
+            print(f"[platform {name}] {change}", flush=True)
+        atomic_write_json(Path(cfg.output_dir) / "env.json", {
+            "host": socket.gethostname(), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "platform": name, "platform_changes": changes, "git_revision": git_revision(),
+            "versions": software_versions()})
+    return cfg

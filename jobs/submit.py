@@ -1,9 +1,13 @@
 """``python -m jobs.submit JOB [--preset NAME] [--config FILE.yaml] [--FLAG VALUE ...]``
 
-JOB is ``pretrain``, ``finetune``, ``dpo``, ``eval`` or ``demo``. Flags are LLaVA's ``train.py``
-names, any ``transformers.TrainingArguments`` field, and the launcher's (``--nodes``,
-``--gpus-per-node``, ``--executor local|slurm|docker|auto``, ``--partition``...).
+JOB is a registered job kind (jobs.kinds: ``pretrain``, ``finetune``, ``dpo``, ``eval``, ``demo``).
+Flags are the kind's settings (for training: LLaVA's ``train.py`` names and any
+``transformers.TrainingArguments`` field), the launcher's (``--nodes``, ``--gpus-per-node``,
+``--executor local|slurm|docker|auto``, ``--partition``...) and the job options.
 ``--dry-run`` prints the resolved config and the checks and starts nothing.
+
+Every job goes the same way: resolve the flags -> the kind's typed settings -> the launch spec ->
+the checks -> the job directory (config.yaml: the resolved settings) -> the executor.
 """
 from __future__ import annotations
 
@@ -16,33 +20,23 @@ from typing import Any
 
 import yaml
 
-from cluster.launch import JobFailed, LaunchSpec, check_job_dir_free, resolve_executor, submit
-from jobs.checks import FAILED, PASSED, Check, training_checks
+from cluster.launch import JobFailed, JobHandle, LaunchSpec, check_job_dir_free, resolve_executor, submit
+from jobs.checks import FAILED, PASSED, Check
 from jobs.cli import CommandFailed, UsageError, run
-from jobs.options import Resolved, resolve, train_config
-from jobs.runner import TrainTask
+from jobs.kinds import get_kind
+from jobs.kinds.base import Submission
+from jobs.options import Resolved, resolve
 from llava_core.io import atomic_write_json, atomic_write_text
-
-TRAIN_JOBS = ("pretrain", "finetune", "dpo")
-JOBS = TRAIN_JOBS + ("eval", "demo")
+from llava_core.run_config import run_config_record
 
 
 def job_directory(r: Resolved, kind: str) -> Path:
     """``--output_dir`` when given, else ``<runs>/<name>-<YYYYmmdd-HHMMSS>``."""
-    if r.values.get("output_dir"):
-        return Path(r.values["output_dir"]).absolute()
+    if r.job.get("output_dir"):
+        return Path(r.job["output_dir"]).absolute()
     name = r.job.get("name") or r.job.get("preset") or kind
     name = Path(str(name)).stem
     return (Path(r.job.get("runs", "runs")) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-
-
-def _job_kind_defaults(kind: str, values: dict[str, Any]) -> None:
-    if kind == "pretrain":
-        if values.get("tune_mm_mlp_adapter") is False:
-            raise ValueError("pretrain trains the projector only: drop --tune_mm_mlp_adapter False or use finetune")
-        values["tune_mm_mlp_adapter"] = True
-    elif kind == "finetune" and values.get("tune_mm_mlp_adapter"):
-        raise ValueError("--tune_mm_mlp_adapter True is stage 1: run `jobs.submit pretrain` instead")
 
 
 def _value(value: Any) -> str:
@@ -62,126 +56,109 @@ def config_listing(sections: dict[str, dict[str, Any]], origins: dict[str, str])
     return "\n".join(lines)
 
 
-def main(job: str, *rest: Any, **flags: Any) -> None:
-    """Resolve, check and submit one job; raises ChecksFailed (exit 1) when a check fails."""
-    if job not in JOBS:
-        raise UsageError(f"unknown job {job!r}: use one of {', '.join(JOBS)} (python -m jobs.submit --help)")
-    if rest:
-        raise UsageError(f"unexpected argument(s) {' '.join(map(str, rest))}: flags are --name value")
-    if job == "demo":
-        from jobs.demo import run_demo
+def _settings_listing(settings: Any) -> dict[str, Any]:
+    fields = settings.to_dict()
+    fields.update(fields.pop("training_args", {}))
+    return fields
 
-        run_demo(**flags)
-        return
+
+def launch_check(spec: LaunchSpec) -> Check:
+    """The executor ``--executor`` resolves to, and the given options it does not honour."""
+    try:
+        executor = resolve_executor(spec.executor)
+    except ValueError as e:
+        return Check("launch", FAILED, str(e))
+    detail = (f"executor={executor} nodes={spec.nodes} procs/node={spec.gpus_per_node}"
+              + (f" cluster={spec.cluster}" if spec.cluster else ""))
+    ignored = spec.ignored_by(executor)
+    if ignored:
+        detail += (f"\nwarning: the {executor} executor ignores {', '.join('--' + n.replace('_', '-') for n in ignored)}"
+                   f" ({', '.join(sorted({spec.option_executors(n) for n in ignored}))} only)")
+    return Check("launch", PASSED, detail)
+
+
+@dataclasses.dataclass
+class Submitted:
+    """A submitted job: its directory, its executor handle, and rank 0's result once waited for."""
+
+    job_dir: Path
+    handle: JobHandle | None = None
+    result: Any = None
+
+
+def submit_job(job: str, wait: bool | None = None, **flags: Any) -> Submitted | None:
+    """Resolve, check and submit one job (what ``python -m jobs.submit JOB --FLAG VALUE`` does).
+
+    ``wait``: block until the job ends, on any executor (True), return once it is queued (False),
+    or as ``--follow`` says (None: follow rank 0's log and wait on the local and docker executors).
+    Returns None for a dry run. Raises UsageError for bad flags (exit 2), CommandFailed when a check
+    fails or the job fails (exit 1).
+    """
+    try:
+        kind = get_kind(job)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     preset, config = flags.pop("preset", None), flags.pop("config", None)
-    extra: set[str] = set()
-    if job == "dpo":
-        extra = {"beta", "loss_type"}
-    elif job == "eval":
-        from jobs.eval_job import _OPTIONS
-
-        extra = set(_OPTIONS)
-    r = resolve(preset, config, flags, extra, job)
+    r = resolve(preset, config, flags, kind.option_names(), job)
     if preset:
         r.job["preset"] = preset
     job_dir = job_directory(r, job)
-    dry_run = bool(r.job.get("dry_run"))
     spec = LaunchSpec.from_options({**r.launch, "job_dir": job_dir, "name": job_dir.name})
+    sub = Submission(job, job_dir, spec, r.job, dict(r.launch), dict(r.origins))
+    values = kind.prepare(dict(r.values), sub)
+    checked = kind.check(kind.settings(values), sub)
+    checks = [*checked.checks, launch_check(spec)]
+    dry_run = bool(r.job.get("dry_run"))
+
     lines = [f"job: {job}   sources: {' <- '.join(r.sources) or 'defaults'}", f"job directory: {job_dir}"]
-    origins = dict(r.origins)
-
-    if job == "eval":
-        from jobs.eval_job import eval_settings
-
-        r.values.pop("output_dir", None)
-        settings = eval_settings(r.values)
-        task: Any = _EvalTask(settings, str(job_dir))
-        resolved_config = {"job": job, **settings}
-        checks: list[Check] = []
-        report = None
-        listing = {"config": settings}
-    else:
-        if r.job.get("demo_assets"):
-            from jobs.demo import tiny_asset_values
-
-            for k, v in tiny_asset_values(Path(r.job.get("runs", "runs")) / "assets").items():
-                if k not in r.values:
-                    r.values[k], origins[k] = v, "demo assets"
-        before = dict(r.values)
-        _job_kind_defaults(job, r.values)
-        origins.update({k: f"job {job}" for k, v in r.values.items() if before.get(k, object()) != v})
-        r.values["output_dir"] = str(job_dir)
-        origins.setdefault("output_dir", "job directory")
-        dpo: dict[str, Any] = {}
-        if job == "dpo":
-            from jobs.dpo_job import dpo_settings
-
-            cfg, dpo = dpo_settings(r.values)
-        else:
-            cfg = train_config(r.values)
-        checks, report = training_checks(job, cfg, job_dir, spec.world_size, spec.gpus_per_node,
-                                         r.job.get("global_batch_size"), r.job.get("gpu_gib"), spec.platform)
-        lengths_checked = report is not None and len(report.lengths) == len(report.good)
-        task = TrainTask(job, r.values, r.launch.get("platform"), report if lengths_checked else None)
-        resolved_config = {"job": job, **r.values}
-        fields = cfg.to_dict()
-        fields.update(fields.pop("training_args"))
-        listing = {"config": {**dpo, **fields}}
-    try:
-        executor = resolve_executor(spec.executor)
-        checks.append(Check("launch", PASSED, f"executor={executor} nodes={spec.nodes} procs/node={spec.gpus_per_node}"
-                                              + (f" cluster={spec.cluster}" if spec.cluster else "")))
-    except ValueError as e:
-        checks.append(Check("launch", FAILED, str(e)))
     if dry_run:
-        listing["launch"] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("job_dir", "name")}
-        listing["job"] = r.job
-        lines += ["", "resolved config (# where each value came from):", config_listing(listing, origins), "", "checks:"]
-    print("\n".join(lines + [str(c) for c in checks]))
+        listing = {"config": _settings_listing(checked.settings), "launch": spec.options(), "job": r.job}
+        lines += ["", "resolved config (# where each value came from):", config_listing(listing, sub.origins), "",
+                  "checks:"]
+    print("\n".join(lines + [str(c) for c in checks]), flush=True)
     bad = [c.name for c in checks if c.status == FAILED]
     if bad:
         where = ""
+        report = checked.extra if hasattr(checked.extra, "problems") else None
         if "data" in bad and report is not None and report.problems and "output directory" not in bad and not dry_run:
             atomic_write_json(job_dir / "validation.json", report.to_dict())
             where = f" (the bad samples: {job_dir / 'validation.json'})"
         raise CommandFailed(f"{len(bad)} check(s) failed: {', '.join(bad)}{where}; "
                             + ("this was a dry run" if dry_run else "nothing was submitted"))
     if dry_run:
-        return
+        return None
 
     check_job_dir_free(job_dir)  # before this job's records overwrite a live job's
     job_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(job_dir / "config.yaml", yaml.safe_dump(resolved_config, sort_keys=False))
+    atomic_write_text(job_dir / "config.yaml", run_config_record(job, checked.settings, spec.options()))
     atomic_write_text(job_dir / "command.txt", shlex.join([sys.executable, "-m", "jobs.submit", job, *sys.argv[2:]]) + "\n")
     atomic_write_json(job_dir / "job.json", {"job": job, "name": job_dir.name, "preset": r.job.get("preset"),
                                              "sources": r.sources, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    handle = submit(task, spec)
+    if kind.inline:
+        return Submitted(job_dir, result=kind.run_inline(checked, sub))
+    handle = submit(kind.task(checked, sub), spec)
     print(f"submitted {job} as {handle.executor} job {handle.job_id}\n  directory: {job_dir}\n"
-          f"  follow:    python -m jobs.logs {job_dir} --follow\n  status:    python -m jobs.status {job_dir}")
+          f"  follow:    python -m jobs.logs {job_dir} --follow\n  status:    python -m jobs.status {job_dir}", flush=True)
     follow = r.job.get("follow", handle.executor in ("local", "docker"))
-    if not follow:
-        return
-    from jobs.logs import main as logs
+    if wait is False or (wait is None and not follow):
+        return Submitted(job_dir, handle)
+    if follow:
+        from jobs.logs import main as logs
 
-    logs(str(job_dir), rank=0, follow=True)
+        logs(str(job_dir), rank=0, follow=True)
     try:
-        handle.wait()
+        result = handle.wait()
     except JobFailed as e:
         raise CommandFailed(str(e)) from None
-    print(f"done: {job_dir}")
+    print(f"done: {job_dir}", flush=True)
+    return Submitted(job_dir, handle, result)
 
 
-class _EvalTask:
-    """Picklable per-rank callable of an eval job."""
-
-    def __init__(self, settings: dict[str, Any], job_dir: str):
-        self.settings = settings
-        self.job_dir = job_dir
-
-    def __call__(self):
-        from jobs.eval_job import run_eval
-
-        return run_eval(self.settings, self.job_dir)
+def main(job: str, *rest: Any, **flags: Any) -> None:
+    """The command line: one job, as :func:`submit_job` with ``--follow``'s default."""
+    if rest:
+        raise UsageError(f"unexpected argument(s) {' '.join(map(str, rest))}: flags are --name value")
+    submit_job(job, **flags)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """``python -m jobs.validate --data_path D --image_folder I [--model_name_or_path M --vision_tower V] [...]``
 
 Checks every sample before a job starts (the same checks ``jobs.submit`` makes): malformed
-records, missing or corrupt images, and, when the tokenizer and vision tower are at hand, samples
-longer than ``model_max_length`` after image-token expansion. Prints the problems with file and
-record index; ``--out FILE`` writes them as JSON. Exits 1 when a bad sample is found (unless
-``--on_bad_sample skip``).
+records, missing, truncated or corrupt images (decoded: ``--check_images decode``, the default),
+image paths that leave ``--image_folder``, and, when the tokenizer and vision tower are at hand,
+samples longer than ``model_max_length`` after image-token expansion. Runs on every core
+(``--workers N`` to limit), with a progress bar; an unchanged dataset re-validates from the cache
+(``$LLAVA_CLUSTER_CACHE``, default ``~/.cache/llava-cluster/preflight``) in seconds. Prints the
+problems with file and record index; ``--out FILE`` writes them as JSON. Exits 1 when a bad
+sample is found (unless ``--on_bad_sample skip``) or the dataset is empty.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from llava_core.io import atomic_write_json
 
 
 def main(preset: str | None = None, config: str | None = None, out: str | None = None,
-         tokenizer: str | None = None, **flags: Any) -> None:
-    """Validate the data a job would train on (flags as for ``jobs.submit``)."""
+         tokenizer: str | None = None, workers: int | None = None, **flags: Any) -> None:
+    """Validate the data a job would train on (flags as for ``jobs.submit``) on ``workers``
+    processes (default: every core this process may use)."""
     r = resolve(preset, config, flags)
     if r.job.get("demo_assets"):
         from jobs.demo import tiny_asset_values
@@ -37,7 +41,7 @@ def main(preset: str | None = None, config: str | None = None, out: str | None =
     else:
         model_check, located = check_models(cfg)
         why = f"they need the tokenizer and the image-token count: {model_check.detail}"
-    checks, report = check_data(cfg, located, why)
+    checks, report = check_data(cfg, located, why, workers)
     for check in checks:
         print(check)
     if out and report is not None:

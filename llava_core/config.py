@@ -10,12 +10,13 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from llava_core.conversation import PROMPT_VERSIONS
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 ASPECT_RATIOS = ("pad", "resize", "crop")
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,10 +68,15 @@ class TrainConfig:
     lora_enable: bool = False
     """Train LoRA adapters on the LLM's linear layers (never the vision tower)."""
     lora_r: int = 64
+    """LoRA rank (LLaVA-1.5 LoRA: 128)."""
     lora_alpha: int = 16
+    """LoRA scaling numerator: updates are scaled by lora_alpha / lora_r (LLaVA-1.5 LoRA: 256)."""
     lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
     lora_bias: str = "none"
+    """Which biases train with LoRA: none, all or lora_only (peft)."""
     lora_weight_path: str = ""
+    """Accepted for LLaVA compatibility; unused (LLaVA never reads it either)."""
     mm_projector_lr: float | None = None
     """Learning rate of the projector (LLaVA LoRA: 2e-5); default learning_rate."""
     bits: int = 16
@@ -91,34 +97,58 @@ class TrainConfig:
     lazy_preprocess: bool = True
     """Accepted for LLaVA compatibility; data is always loaded lazily."""
     is_multimodal: bool = True
+    """Accepted for LLaVA compatibility; every model here is multimodal."""
     group_by_modality_length: bool = False
     """Batches of image samples and text-only samples, each grouped by length (LLaVA's sampler)."""
     on_bad_sample: str = "fail"
     """fail: stop before training with the full list of bad samples; skip: drop and count them."""
-    check_images: str = "open"
-    """How hard validation looks at images: exists, open (header), or verify (decode)."""
+    check_images: str = "decode"
+    """How hard validation looks at images: exists, open (header), verify (PIL's verify: PNG
+    checksums), or decode (all the compressed data: finds truncated and corrupt JPEG/PNG files)."""
+    allow_images_outside_folder: bool = False
+    """Accept image paths that leave --image_folder (absolute, or through ``..``); refused by default."""
 
     # --- training (the HF TrainingArguments users pass in LLaVA scripts) ----------------------
     output_dir: str = ""
+    """The job directory: checkpoints, final/, metrics (jobs.submit fills it)."""
     num_train_epochs: float = 1.0
+    """Passes over the data (ignored when max_steps > 0)."""
     max_steps: int = -1
+    """Optimizer steps to train; -1: from num_train_epochs."""
     per_device_train_batch_size: int = 16
+    """Samples per process and micro step."""
     per_device_eval_batch_size: int = 4
+    """Samples per process in evaluation passes."""
     gradient_accumulation_steps: int = 1
+    """Micro steps per optimizer step (global batch = per device x this x processes)."""
     learning_rate: float = 2e-5
+    """Peak learning rate (LLaVA-1.5: 1e-3 stage 1, 2e-5 stage 2, 2e-4 LoRA)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
     warmup_ratio: float = 0.03
+    """Fraction of the steps spent warming up the learning rate."""
     warmup_steps: int = 0
+    """Warm-up steps; wins over warmup_ratio when > 0."""
     lr_scheduler_type: str = "cosine"
+    """transformers scheduler name: cosine, linear, constant, constant_with_warmup..."""
     max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
     logging_steps: int = 1
+    """Steps between logged metrics (metrics.jsonl, wandb, TensorBoard)."""
     save_strategy: str = "steps"
+    """When checkpoints are written: steps, epoch or no."""
     save_steps: int = 50000
+    """Steps between checkpoints (LLaVA-1.5: 50000, i.e. none but the stop checkpoint)."""
     save_total_limit: int | None = 1
+    """Checkpoints kept (older ones are deleted); None keeps all."""
     evaluation_strategy: str = "no"
+    """When the Trainer evaluates: no, steps or epoch."""
     bf16: bool = False
+    """bfloat16 mixed precision (turned into fp16 on cards without bf16, with a warning)."""
     fp16: bool = False
+    """float16 mixed precision."""
     tf32: bool | None = None
+    """TF32 matmuls on NVIDIA Ampere and newer; None: the platform's default."""
     gradient_checkpointing: bool | str = False
     """True, False, or auto: checkpoint only the decoder layers the memory estimate needs (llava_core.speed)."""
     packing: bool = False
@@ -126,13 +156,20 @@ class TrainConfig:
     compile_layers: bool = False
     """torch.compile each decoder layer (llava_core.speed)."""
     dataloader_num_workers: int = 0
+    """Data loader worker processes per rank."""
     report_to: str = "none"
+    """Where metrics go besides metrics.jsonl: none, wandb, tensorboard (comma-separated)."""
     run_name: str | None = None
+    """The run's name in wandb/TensorBoard."""
     deepspeed: str | dict | None = None
-    """ZeRO config: zero2, zero2_offload, zero3, zero3_offload, or a path / dict."""
+    """ZeRO config: the config itself (jobs.submit resolves zero2, zero2_offload, zero3, zero3_offload
+    or a JSON path to it once, at submit), or a JSON path when called as a library."""
     seed: int = 42
+    """Seed of the new weights, the data order and dropout."""
     optim: str = "adamw_torch"
+    """transformers optimizer name (adamw_torch, adamw_torch_fused, adafactor...)."""
     remove_unused_columns: bool = False
+    """Accepted for LLaVA compatibility; always False (the batches carry images)."""
     training_args: dict[str, Any] = field(default_factory=dict)
     """Any other transformers.TrainingArguments field, passed through unchanged."""
 
@@ -180,12 +217,43 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict, coercing strings/numbers to field types; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in values if k not in names]
-        if unknown:
-            raise ValueError("; ".join(unknown_key_message(k, names) for k in unknown))
-        hints = typing.get_type_hints(cls)
-        return cls(**{k: coerce(v, hints[k], k) for k, v in values.items()})
+        return typed_from_dict(cls, values)
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """A DPO run (llava_core.dpo): the training options plus the preference loss's."""
+
+    beta: float | None = None
+    """KL strength of the preference loss: required (HA-DPO's recipe uses 0.1, its code defaults to 0.5)."""
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO), ipo (IPO, on per-token averaged log-probs as TRL) or hinge (SLiC)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta is None:
+            raise ValueError("--beta is required for DPO (HA-DPO's recipe uses 0.1)")
+        if self.beta <= 0:
+            raise ValueError(f"--beta must be > 0, got {self.beta}")
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"--loss_type {self.loss_type!r}: use one of {', '.join(DPO_LOSS_TYPES)}")
+        if self.packing:
+            raise ValueError("--packing True is for supervised training: DPO batches pair a chosen and a rejected "
+                             "answer per prompt (drop --packing)")
+
+
+def typed_from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """A settings dataclass from flags (CLI/YAML values coerced to the annotated field types);
+    unknown names are an error naming the closest fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ValueError("; ".join(unknown_key_message(k, names) for k in unknown))
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: coerce(v, hints[k], k) for k, v in values.items()})
 
 
 def unknown_key_message(key: str, valid: set[str] | list[str]) -> str:
@@ -219,8 +287,8 @@ def coerce(value: Any, hint: Any, name: str) -> Any:
             return int(value)
         if hint is float:
             return float(value)
-        if hint is str:
-            return str(value)
+        if hint is str:   # a YAML list or fire's tuple of a comma-separated option
+            return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
         if origin is list:
             if isinstance(value, str):
                 return [v for v in value.split(",") if v]

@@ -14,6 +14,7 @@ tokenizes to LLaVA's ids.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,10 +125,22 @@ def place_images(turns: list[Turn], n_images: int) -> list[Turn]:
     return [(r, image_first(t) if i == k else t) for i, (r, t) in enumerate(turns)]
 
 
+_CHUNK_SPACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def chunk_space(tokenizer: PreTrainedTokenizerBase) -> str:
     """What to write after a special token so the text after it tokenizes as it does on its own:
     ``" "`` for a Llama tokenizer with ``legacy=False`` (whose word prefix "▁" only starts the whole
-    string), ``""`` for one that adds it after every special token (``legacy=True``) or has none."""
+    string), ``""`` for one that adds it after every special token (``legacy=True``) or has none.
+    Remembered per tokenizer and vocabulary size (it reads the whole vocabulary: ms per record)."""
+    known = _CHUNK_SPACE.get(tokenizer)
+    if known is not None and known[0] == len(tokenizer):
+        return known[1]
+    _CHUNK_SPACE[tokenizer] = (len(tokenizer), space := _chunk_space(tokenizer))
+    return space
+
+
+def _chunk_space(tokenizer: PreTrainedTokenizerBase) -> str:
     special = IMAGE_TOKEN if IMAGE_TOKEN in tokenizer.get_vocab() else (tokenizer.bos_token or tokenizer.eos_token)
     if not special:
         return ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,3 +290,31 @@ def pretrain_vision(vision: torch.nn.Module, processor, steps: int, seed: int, b
         acc = (logits.argmax(-1) == target[idx]).float().mean().item()
     vision.eval()
     return acc
+
+
+ASSET_VERSION = 6
+
+
+def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
+    """The tiny model parts and shapes data, generated on first use (kept for later runs)."""
+    root = Path(assets_dir).absolute()
+    marker = root / "ready.json"
+    if marker.is_file():
+        ready = json.loads(marker.read_text())
+        if ready.get("version") == ASSET_VERSION:
+            return {k: str(root / v) for k, v in ready["paths"].items()}
+    t0 = time.time()
+    print(f"generating the tiny LLaVA parts and the shapes dataset in {root} ...", flush=True)
+    parts = build_tiny_parts(root / "tiny")
+    data = generate_shapes(root / "shapes")
+    paths = {k: str(Path(v).relative_to(root)) for k, v in {**parts, **data, "pope": root / "shapes"}.items()}
+    # relative paths: the same assets serve the host and a container that mounts runs/ elsewhere
+    atomic_write_json(marker, {"version": ASSET_VERSION, "paths": paths, "seconds": round(time.time() - t0, 1)})
+    return {k: str(root / v) for k, v in paths.items()}
+
+
+def tiny_asset_values(assets_dir: str | Path) -> dict[str, str]:
+    """Flags that point a job at the embedded default (what ``demo_assets: true`` fills in)."""
+    p = ensure_assets(assets_dir)
+    return {"model_name_or_path": p["llm"], "vision_tower": p["vision"], "data_path": p["finetune"],
+            "image_folder": p["image_folder"]}

@@ -32,21 +32,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel
-from transformers import set_seed
 
-from llava_core.config import TrainConfig
-from llava_core.conversation import chat_template
-from llava_core.data import Encoder, ImageLoader, n_image_tokens
+from llava_core.config import DPO_LOSS_TYPES as LOSS_TYPES
+from llava_core.config import DPOConfig, TrainConfig
+from llava_core.data import IGNORE_INDEX, Encoder, ImageLoader, n_image_tokens
 from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
-from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
-from llava_core.model import build_model
-from llava_core.train import (LlavaTrainer, MetricsCallback, StopCallback, TrainResult,
-                              _cpu_distributed_state, configure_reporting,
-                              ensure_single_process_env, is_main, last_complete_checkpoint,
-                              save_final, training_arguments, write_loss_plot)
+from llava_core.train import LlavaTrainer, TrainResult, run_training
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
-IGNORE_INDEX = -100
 REFERENCE_FILE = "reference_logps.pt"
 
 
@@ -223,56 +215,38 @@ class DPOTrainer(LlavaTrainer):
         super().log(logs, start_time)
 
 
-def dpo_dataset(cfg: TrainConfig, model, processor) -> DPODataset:
+def dpo_dataset(cfg: TrainConfig, model_config, processor) -> DPODataset:
     """The preference records of ``cfg.data_path`` (comma-separated files), encoded in the run's
     prompt format with its image settings."""
     records = [r for path in cfg.data_path.split(",") if path for r in read_dpo_records(path)]
-    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model.config, processor),
+    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model_config, processor),
                       cfg.model_max_length)
     images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
     return DPODataset(records, encoder, images, source=cfg.data_path)
 
 
-def train_dpo(cfg: TrainConfig, beta: float, loss_type: str = "sigmoid",
-              should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """DPO on ``cfg.model_name_or_path`` (an HF-format LLaVA) with the training setup of
-    :func:`llava_core.train.train`: freeze plan / LoRA, DeepSpeed, resume from the newest
-    checkpoint, stop-and-save, ``metrics.jsonl``, ``final/`` (LoRA merged; adapter in ``adapter/``).
+class DPORecipe:
+    """HA-DPO style preference tuning as a :class:`llava_core.train.Recipe`."""
+
+    trainer_class = DPOTrainer
+
+    def dataset(self, cfg: DPOConfig, model_config, processor) -> DPODataset:
+        return dpo_dataset(cfg, model_config, processor)
+
+    def collator(self, cfg: DPOConfig, processor) -> DPOCollator:
+        return DPOCollator(processor.tokenizer.pad_token_id)
+
+    def trainer_kwargs(self, cfg: DPOConfig) -> dict:
+        return {"beta": cfg.beta, "loss_type": cfg.loss_type}
+
+    def describe(self, cfg: DPOConfig, model, dataset) -> str:
+        reference = "adapters disabled" if isinstance(model, PeftModel) else "precomputed"
+        return f"DPO: {len(dataset)} pairs, loss {cfg.loss_type}, beta {cfg.beta}, reference: {reference}"
+
+
+def train_dpo(cfg: DPOConfig, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """DPO on ``cfg.model_name_or_path`` (an HF-format LLaVA) with the training skeleton of
+    :func:`llava_core.train.run_training`: freeze plan / LoRA, DeepSpeed, fast path, resume from the
+    newest checkpoint, stop-and-save, ``metrics.jsonl``, ``final/`` (LoRA merged; adapter in ``adapter/``).
     """
-    if not cfg.output_dir:
-        raise ValueError("--output_dir is required")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.deepspeed:
-        ensure_single_process_env()
-    configure_reporting(cfg)
-    cpu_state = _cpu_distributed_state(cfg)
-    # as in train(): built before the TrainingArguments hold a ZeRO-3 config (no zero.Init)
-    set_seed(cfg.seed)
-    model, processor = build_model(cfg)
-    processor.chat_template = chat_template(cfg.prompt_format, processor.tokenizer) or processor.chat_template
-    args = training_arguments(cfg, cpu_state)
-    model.config.use_cache = False
-    dataset = dpo_dataset(cfg, model, processor)
-    model = apply_freeze_plan(model, cfg)
-    if cfg.gradient_checkpointing is True and cfg.lora_enable:
-        model.enable_input_require_grads()
-    if is_main():
-        print(format_report(parameter_report(model), plan_name(cfg)), flush=True)
-        print(f"DPO: {len(dataset)} pairs, loss {loss_type}, beta {beta}, reference: "
-              f"{'adapters disabled' if isinstance(model, PeftModel) else 'precomputed'}", flush=True)
-    stop = StopCallback(should_stop) if should_stop else None
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset,
-                         data_collator=DPOCollator(processor.tokenizer.pad_token_id),
-                         processing_class=processor,
-                         callbacks=[MetricsCallback(out / "metrics.jsonl")] + ([stop] if stop else []),
-                         llava_cfg=cfg, lengths=dataset.modality_lengths, beta=beta, loss_type=loss_type)
-    resume = last_complete_checkpoint(out)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if stop and stop.stopped:
-        return TrainResult("interrupted", trainer.state.global_step, str(out))
-    final = save_final(trainer, cfg, processor)
-    if is_main():
-        write_loss_plot(out / "metrics.jsonl", out / "loss.png")
-    return TrainResult("completed", trainer.state.global_step, str(out), str(final),
-                       dict(result.metrics))
+    return run_training(cfg, DPORecipe(), should_stop)

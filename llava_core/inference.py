@@ -3,6 +3,7 @@ a LoRA adapter folder (a run's ``adapter/`` or a LoRA ``checkpoint-N/``), or a f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-import yaml
 from transformers import AutoProcessor
 
 from llava_core.config import TrainConfig
@@ -19,6 +19,7 @@ from llava_core.conversation import generation_prompt, place_images, render
 from llava_core.hub import locate, locate_models
 from llava_core.model import build_model, load_for_inference, load_llava
 from llava_core.quantize import inference_bits, quantized_load_kwargs
+from llava_core.run_config import read_run_config
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
@@ -142,12 +143,10 @@ def stream_answer(model, processor, prompt: str, image: str | None = None, max_n
 def _adapter_base(adapter: Path, dtype: torch.dtype):
     """The base model of an adapter: rebuilt from the run's ``config.yaml`` when the adapter sits
     in a run folder, else loaded from the adapter's ``base_model_name_or_path``."""
-    run_config = adapter.parent / "config.yaml"
-    if run_config.is_file():
-        values = yaml.safe_load(run_config.read_text()) or {}
-        fields = set(TrainConfig.__dataclass_fields__)
-        values = {k: v for k, v in values.items() if k in fields} | {"lora_enable": False}
-        return build_model(TrainConfig.from_dict(values | locate_models(values)), dtype)
+    saved = read_run_config(adapter.parent)
+    if saved is not None and isinstance(saved.settings, TrainConfig):
+        cfg = dataclasses.replace(saved.settings, lora_enable=False)
+        return build_model(dataclasses.replace(cfg, **locate_models(vars(cfg))), dtype)
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{adapter}/adapter_config.json names no base_model_name_or_path and "

@@ -230,3 +230,26 @@ def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[L
 def load_llava(path: str | Path, dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> LlavaForConditionalGeneration:
     """An HF-format LLaVA from ``path``, written by either library stack (``compat.llava_load_kwargs``)."""
     return LlavaForConditionalGeneration.from_pretrained(path, **dtype_kwargs(dtype), **llava_load_kwargs(path), **kwargs)
+
+
+def language_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The language model (decoder stack) of a (possibly PEFT-wrapped) Llava model."""
+    for module in model.modules():
+        if type(module).__name__.endswith("ForConditionalGeneration") and hasattr(module, "model"):
+            return module.model.language_model
+    raise ValueError("no Llava language model found")
+
+
+def text_configs(model: torch.nn.Module) -> list:
+    """Every config object the language model reads: `config.text_config`, and the LLM's own
+    config when the model was assembled from a separately loaded LLM."""
+    configs = {id(model.config.get_text_config()): model.config.get_text_config()}
+    for module in language_model(model).modules():
+        if getattr(module, "config", None) is not None:
+            configs[id(module.config)] = module.config
+    return list(configs.values())
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a (possibly PEFT-wrapped) Llava model's language model."""
+    return language_model(model).layers

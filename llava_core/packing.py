@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from llava_core.compat import causal_sdpa, varlen_attention
+from llava_core.data import IGNORE_INDEX
+from llava_core.model import text_configs
 
-IGNORE_INDEX = -100
 VARLEN_ATTENTION = "llava_varlen"
 
 
@@ -185,8 +186,6 @@ def register_varlen_attention() -> str:
 def use_varlen_attention(model: torch.nn.Module) -> None:
     """Switch the language model of a (possibly PEFT-wrapped) Llava model to packed varlen
     attention; the vision tower keeps its own."""
-    from llava_core.speed import text_configs
-
     register_varlen_attention()
     for config in text_configs(model):
         config._attn_implementation = VARLEN_ATTENTION

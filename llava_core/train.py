@@ -12,7 +12,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -233,31 +233,43 @@ def training_arguments(cfg: TrainConfig, cpu_shared_state: bool) -> TrainingArgu
     return TrainingArguments(**kw)
 
 
-def validate_data(cfg: TrainConfig, processor=None, n_image_tokens: int | None = None) -> ValidationReport:
-    """Check every sample of ``cfg.data_path`` (loads the tokenizer and image processor, no weights)."""
+def validate_data(cfg: TrainConfig, processor=None, n_image_tokens: int | None = None, workers: int | None = None,
+                  cache: str | os.PathLike | bool | None = None, progress: bool | None = None) -> ValidationReport:
+    """Check every sample of ``cfg.data_path`` (loads the tokenizer and image processor, no weights)
+    on ``workers`` processes, with a cached result when nothing changed (``llava_core.preflight``)."""
+    from llava_core.preflight import preflight
+
     if processor is None:
         processor, n_image_tokens = load_processor(cfg)
-    records = load_records(cfg.data_path)
     encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens, cfg.model_max_length)
-    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
-    return validate(records, encoder, images, cfg.check_images)
+    return preflight(cfg.data_path, encoder, cfg.image_folder or None, cfg.check_images, cfg.prompt_format,
+                     cfg.allow_images_outside_folder, workers=workers, cache=cache, progress=progress)
 
 
-def prepare_data(cfg: TrainConfig, model_config, processor, report: ValidationReport | None = None) -> LazySupervisedDataset:
-    """Load, validate (unless a report is given) and wrap the data; apply the bad-sample policy."""
+def prepare_data(cfg: TrainConfig, model_config, processor,
+                 report: ValidationReport | str | os.PathLike | None = None) -> LazySupervisedDataset:
+    """Load, validate (unless a report, or the path of one saved by ``ValidationReport.save`` or
+    a pre-flight cache file, is given) and wrap the data; apply the bad-sample policy, at load
+    time too (skips counted in ``<output_dir>/skipped_at_load.jsonl``)."""
+    if isinstance(report, (str, os.PathLike)):
+        report = ValidationReport.load(report)
     records = load_records(cfg.data_path)
     encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model_config, processor), cfg.model_max_length)
     images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
     if report is None:
-        report = validate(records, encoder, images, cfg.check_images)
+        report = validate(records, encoder, images, cfg.check_images, allow_outside=cfg.allow_images_outside_folder)
+    elif report.total != len(records):
+        raise DataValidationError(f"--data_path {cfg.data_path}: {len(records)} records, but the validation report "
+                                  f"has {report.total}: the data changed since it was validated")
     if report.problems:
         if cfg.on_bad_sample == "fail":
             raise DataValidationError(f"--data_path {cfg.data_path}: bad samples (pass --on_bad_sample skip to drop them)\n" + report.summary())
         if is_main():
             log.warning("skipping bad samples (--on_bad_sample skip):\n%s", report.summary())
     if not report.good:
-        raise DataValidationError(f"--data_path {cfg.data_path}: no usable sample")
-    return LazySupervisedDataset(records, report, encoder, images)
+        raise DataValidationError(f"--data_path {cfg.data_path}: " + ("no records" if not report.total else "no usable sample"))
+    failure_log = Path(cfg.output_dir) / "skipped_at_load.jsonl" if cfg.output_dir else None
+    return LazySupervisedDataset(records, report, encoder, images, cfg.on_bad_sample, failure_log)
 
 
 def _cpu_distributed_state(cfg: TrainConfig) -> bool:
@@ -278,8 +290,55 @@ def _cpu_distributed_state(cfg: TrainConfig) -> bool:
     return True
 
 
+class Recipe(Protocol):
+    """What a training method adds to :func:`run_training`'s skeleton (build, freeze, data, fast
+    path, resume, stop, save): its data, batches and Trainer."""
+
+    trainer_class: type[LlavaTrainer]
+
+    def dataset(self, cfg: TrainConfig, model_config, processor) -> Any:
+        """The training set (with ``modality_lengths``: the sampler and memory estimate read them)."""
+
+    def collator(self, cfg: TrainConfig, processor) -> Callable:
+        """The batch collator."""
+
+    def trainer_kwargs(self, cfg: TrainConfig) -> dict[str, Any]:
+        """Further arguments of ``trainer_class``."""
+
+    def describe(self, cfg: TrainConfig, model, dataset) -> str | None:
+        """A line for rank 0's log about what this run trains on, or None."""
+
+
+@dataclass
+class SupervisedRecipe:
+    """Visual instruction tuning (stage 1 and 2): LLaVA conversations, answers as labels."""
+
+    report: ValidationReport | None = None
+    """The data report made at submit (its lengths spare the ranks a second pass), or None."""
+    trainer_class: type[LlavaTrainer] = LlavaTrainer
+
+    def dataset(self, cfg: TrainConfig, model_config, processor) -> LazySupervisedDataset:
+        return prepare_data(cfg, model_config, processor, self.report)
+
+    def collator(self, cfg: TrainConfig, processor) -> Callable:
+        pad_id = processor.tokenizer.pad_token_id
+        return PackingCollator(pad_id, max_segment_length=cfg.model_max_length) if cfg.packing else Collator(pad_id)
+
+    def trainer_kwargs(self, cfg: TrainConfig) -> dict[str, Any]:
+        return {"compute_loss_func": packed_causal_lm_loss if cfg.packing else None}
+
+    def describe(self, cfg: TrainConfig, model, dataset) -> str | None:
+        return None
+
+
 def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, report: ValidationReport | None = None) -> TrainResult:
-    """Train per ``cfg`` into ``cfg.output_dir``, resuming from its newest complete checkpoint.
+    """Supervised training per ``cfg`` (:class:`SupervisedRecipe` on :func:`run_training`)."""
+    return run_training(cfg, SupervisedRecipe(report), should_stop)
+
+
+def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train per ``cfg`` and ``recipe`` into ``cfg.output_dir``, resuming from its newest complete
+    checkpoint.
 
     ``should_stop`` is polled after every step (all ranks agree); on True a checkpoint is saved and
     the result is ``interrupted``. On completion ``final/`` holds the HF-format model.
@@ -289,7 +348,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(cfg.deepspeed, str) and not Path(cfg.deepspeed).is_file():
-        raise FileNotFoundError(f"--deepspeed {cfg.deepspeed}: not a file (named configs are resolved by jobs/cluster)")
+        raise FileNotFoundError(f"--deepspeed {cfg.deepspeed}: not a file (named configs are resolved by jobs.submit)")
     if cfg.deepspeed:
         ensure_single_process_env()
     configure_reporting(cfg)
@@ -307,20 +366,21 @@ def train(cfg: TrainConfig, should_stop: Callable[[], bool] | None = None, repor
         model.enable_input_require_grads()
     if is_main():
         print(format_report(parameter_report(model), plan_name(cfg)), flush=True)
-    dataset = prepare_data(cfg, (model.get_base_model() if hasattr(model, "get_base_model") else model).config, processor, report)
+    dataset = recipe.dataset(cfg, (model.get_base_model() if hasattr(model, "get_base_model") else model).config, processor)
+    about = recipe.describe(cfg, model, dataset)
+    if about and is_main():
+        print(about, flush=True)
 
     # Fast path (llava_core.speed/packing, docs/performance.md): packing, compile, checkpointing: auto.
     fast = apply_fast_path(model, cfg, dataset.modality_lengths)
     if fast and is_main():
         print(f"fast path: {fast}", flush=True)
-    pad_id = processor.tokenizer.pad_token_id
-    collator = PackingCollator(pad_id, max_segment_length=cfg.model_max_length) if cfg.packing else Collator(pad_id)
 
     stop = StopCallback(should_stop) if should_stop else None
-    trainer = LlavaTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator,
+    trainer = recipe.trainer_class(
+        model=model, args=args, train_dataset=dataset, data_collator=recipe.collator(cfg, processor),
         processing_class=processor, callbacks=[MetricsCallback(out / "metrics.jsonl"), CompletionCallback()] + ([stop] if stop else []),
-        llava_cfg=cfg, lengths=dataset.modality_lengths, compute_loss_func=packed_causal_lm_loss if cfg.packing else None,
+        llava_cfg=cfg, lengths=dataset.modality_lengths, **recipe.trainer_kwargs(cfg),
     )
     resume = last_complete_checkpoint(out)
     if resume and is_main():
@@ -400,4 +460,5 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
     return read_jsonl(Path(output_dir) / "metrics.jsonl")
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "last_complete_checkpoint", "read_metrics", "DataValidationError"]
+__all__ = ["TrainConfig", "TrainResult", "train", "run_training", "Recipe", "SupervisedRecipe", "LlavaTrainer",
+           "last_complete_checkpoint", "read_metrics", "DataValidationError"]

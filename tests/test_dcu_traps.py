@@ -51,6 +51,6 @@ def test_submit_checks_refuse_it_when_the_job_names_a_gpu_platform(monkeypatch) 
 
     monkeypatch.setattr("cluster.deepspeed._installed_deepspeed", lambda: "0.14.2")
     cfg = TrainConfig(deepspeed="zero3_offload")
-    refused = check_deepspeed(cfg, "dcu")
+    refused, _ = check_deepspeed(cfg, "dcu")
     assert refused.status == FAILED and "zero2_offload" in refused.detail
-    assert check_deepspeed(cfg, None).status == PASSED  # platform detected on the ranks: refused there
+    assert check_deepspeed(cfg, None)[0].status == PASSED  # platform detected on the ranks: refused there

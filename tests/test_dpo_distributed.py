@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingArguments
 
 from cluster.deepspeed import zero_config_path
-from llava_core.config import TrainConfig
+from llava_core.config import DPOConfig, TrainConfig
 from llava_core.dpo import REFERENCE_FILE, DPOTrainer, dpo_dataset
 from llava_core.dpo_data import DPOCollator
 from llava_core.train import read_metrics
@@ -25,7 +25,7 @@ def _config(root, out, **kw):
                   output_dir=str(out), per_device_train_batch_size=2, max_steps=3,
                   learning_rate=1e-3, warmup_ratio=0.0, logging_steps=1, save_strategy="no",
                   model_max_length=256, deepspeed=str(zero_config_path("zero3")))
-    return TrainConfig(**{**values, **kw})
+    return DPOConfig(**{"beta": 0.1, **values, **kw})
 
 
 def _rank(rank, world, port, cfg):
@@ -36,7 +36,7 @@ def _rank(rank, world, port, cfg):
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
-    train_dpo(cfg, beta=0.1, loss_type="sigmoid")
+    train_dpo(cfg)
     exit_without_teardown()  # as the executors end a rank (DeepSpeed's teardown aborted finished ranks)
 
 
@@ -71,7 +71,7 @@ def test_zero3_full_model_precomputed_reference(root):
     assert sorted(table) == list(range(8))
     model = LlavaForConditionalGeneration.from_pretrained(root / "model")
     processor = AutoProcessor.from_pretrained(root / "model")
-    dataset = dpo_dataset(cfg, model, processor)
+    dataset = dpo_dataset(cfg, model.config, processor)
     collate = DPOCollator(processor.tokenizer.pad_token_id)
     args = TrainingArguments(output_dir=str(root / "solo"), remove_unused_columns=False,
                              report_to="none", use_cpu=True)

@@ -6,8 +6,10 @@ import pytest
 import yaml
 
 from jobs.chat import main as chat
-from jobs.dpo_job import dpo_settings
-from jobs.eval_job import eval_settings
+from jobs.checks import FAILED
+from jobs.kinds.dpo import DPO
+from jobs.kinds.eval import EVAL, eval_checks
+from jobs.options import resolve
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
 PRESETS = Path(__file__).resolve().parents[1] / "jobs" / "presets"
@@ -18,39 +20,39 @@ def _preset(name):
 
 
 def test_hadpo_preset_is_the_published_recipe():
-    cfg, dpo = dpo_settings(_preset("hadpo-llava15-7b") | {"data_path": "pairs.json", "output_dir": "runs/x"})
-    assert dpo == {"beta": 0.1, "loss_type": "sigmoid"}
+    cfg = DPO.settings(_preset("hadpo-llava15-7b") | {"data_path": "pairs.json", "output_dir": "runs/x"})
+    assert {"beta": cfg.beta, "loss_type": cfg.loss_type} == {"beta": 0.1, "loss_type": "sigmoid"}
     assert (cfg.lora_enable, cfg.lora_r, cfg.lora_alpha, cfg.mm_projector_lr) == (True, 128, 256, 0.0)
     assert (cfg.learning_rate, cfg.warmup_steps, cfg.num_train_epochs, cfg.deepspeed) == (2e-6, 0, 1.0, "zero3")
     assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * 8 == 128
 
 
 def test_tiny_dpo_preset_validates():
-    cfg, dpo = dpo_settings(_preset("dpo-tiny") | {"model_name_or_path": "m", "data_path": "p.json",
-                                                     "output_dir": "o"})
-    assert cfg.unfreeze_mm_vision_tower and not cfg.lora_enable and dpo["beta"] == 0.5
+    cfg = DPO.settings(_preset("dpo-tiny") | {"model_name_or_path": "m", "data_path": "p.json", "output_dir": "o"})
+    assert cfg.unfreeze_mm_vision_tower and not cfg.lora_enable and cfg.beta == 0.5
 
 
 def test_dpo_settings_errors_name_the_flag():
     with pytest.raises(ValueError, match="--beta is required"):
-        dpo_settings({"model_name_or_path": "m"})
+        DPO.settings({"model_name_or_path": "m"})
     with pytest.raises(ValueError, match="--loss_type 'kto'"):
-        dpo_settings({"beta": 0.1, "loss_type": "kto"})
-    with pytest.raises(ValueError, match="unknown flag --lora_rank; did you mean --lora_r"):
-        dpo_settings({"beta": 0.1, "lora_rank": 8})
+        DPO.settings({"beta": 0.1, "loss_type": "kto"})
+    with pytest.raises(ValueError, match=r"unknown flag --lora_rank; did you mean .*--lora_r\b"):
+        DPO.settings({"beta": 0.1, "lora_rank": 8})
 
 
 def test_eval_settings_preset_and_errors(tmp_path):
     model = tiny_llava(tmp_path / "model")
     write_images(tmp_path / "images", 1)
     (tmp_path / "pope").mkdir()
-    s = eval_settings(_preset("pope") | {"model": str(model), "data": str(tmp_path / "pope"),
+    s = EVAL.settings(_preset("pope") | {"model": str(model), "data": str(tmp_path / "pope"),
                                          "image_folder": str(tmp_path / "images")})
-    assert s["split"] == "random,popular,adversarial" and s["max_new_tokens"] == 128
+    assert s.split == "random,popular,adversarial" and s.max_new_tokens == 128 and not any(
+        c.status == FAILED for c in eval_checks(s))
     with pytest.raises(ValueError, match="unknown flag --splits; did you mean --split"):
-        eval_settings({"splits": "random"})
-    with pytest.raises(FileNotFoundError, match="not an HF-format model"):
-        eval_settings({"task": "pope", "model": str(tmp_path), "data": "x", "image_folder": "y"})
+        resolve(None, None, {"splits": "random"}, EVAL.option_names())
+    bad = eval_checks(EVAL.settings({"task": "pope", "model": str(tmp_path), "data": "x", "image_folder": "y"}))
+    assert [c.status for c in bad if "not an HF-format model" in c.detail] == [FAILED]
 
 
 def test_chat_one_shot_answers_from_a_run_folder(tmp_path, capsys):

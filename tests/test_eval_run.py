@@ -7,6 +7,7 @@ import socket
 import pytest
 import torch.multiprocessing as mp
 
+from llava_core.eval.config import EvalConfig
 from llava_core.eval.run import evaluate
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
@@ -35,8 +36,8 @@ def task_files(tmp_path_factory):
 
 
 def _run_pope(root, model, out):
-    return evaluate("pope", str(model), str(root / "pope"), str(root / "images"), str(out),
-                    split="random,adversarial", batch_size=3, max_new_tokens=4)
+    return evaluate(EvalConfig("pope", str(model), str(root / "pope"), str(root / "images"),
+                               split="random,adversarial", batch_size=3, max_new_tokens=4), str(out))
 
 
 def test_pope_writes_answers_and_metrics(task_files, tmp_path):
@@ -53,11 +54,11 @@ def test_pope_writes_answers_and_metrics(task_files, tmp_path):
 
 def test_vqa_and_caption_outputs(task_files, tmp_path):
     root, model = task_files
-    vqa = evaluate("vqa", str(model), str(root / "vqa.jsonl"), str(root / "images"), str(tmp_path),
-                   max_new_tokens=3)
+    vqa = evaluate(EvalConfig("vqa", str(model), str(root / "vqa.jsonl"), str(root / "images"), max_new_tokens=3),
+                   str(tmp_path))
     assert set(vqa) == {"n", "exact_match", "vqa_accuracy"} and vqa["n"] == 7
-    cap = evaluate("caption", str(model), str(root / "captions.json"), str(root / "images"),
-                   str(tmp_path), max_new_tokens=5, meteor=False)
+    cap = evaluate(EvalConfig("caption", str(model), str(root / "captions.json"), str(root / "images"),
+                              max_new_tokens=5, meteor=False), str(tmp_path))
     assert {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(cap)
     assert (tmp_path / "eval" / "vqa.json").is_file() and (tmp_path / "eval" / "caption.json").is_file()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.checks import check_global_batch
+from jobs.kinds import get_kind
 from jobs.options import load_preset, preset_names, resolve, train_config
 
 # every flag of LLaVA's scripts/v1_5/finetune_lora.sh, as users pass them
@@ -60,14 +61,10 @@ def test_bad_values_name_the_flag():
 @pytest.mark.parametrize("name", preset_names())
 def test_every_shipped_preset_loads_and_validates(name):
     values = load_preset(name)
-    extra = {"beta", "loss_type"} | ({"task", "model", "data", "split", "batch_size", "max_new_tokens"} if name == "pope" else set())
-    r = resolve(name, None, {}, extra)
-    if name == "pope":
-        return
-    r.values.pop("beta", None)
-    r.values.pop("loss_type", None)
-    cfg = train_config(r.values)
-    assert values and cfg.learning_rate > 0
+    kind = get_kind("eval" if name == "pope" else "dpo" if "dpo" in name else "finetune")
+    r = resolve(name, None, {}, kind.option_names())
+    settings = kind.settings(r.values)
+    assert values and (kind.name == "eval" or settings.learning_rate > 0)
 
 
 def test_llava15_presets_reproduce_the_published_recipe():

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llava_core.config import PROMPT_VERSIONS
+from llava_core.eval.config import TASKS, EvalConfig
 from llava_core.console import console
 from llava_core.conversation import generation_prompt
 from llava_core.eval.caption import read_coco_captions
@@ -17,79 +18,65 @@ from llava_core.eval.vqa import read_vqa
 from llava_core.inference import inference_device, inference_dtype, load_model
 from llava_core.io import atomic_write_json
 
-TASKS = ("pope", "vqa", "caption")
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."   # LLaVA's POPE/VQA prompt
-CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLaVA's caption prompt
 
 
-def evaluate(task: str, model: str, data: str, image_folder: str, out_dir: str,
-             split: str = ",".join(POPE_SPLITS), version: str = "v1",
-             prompt_suffix: str | None = None, caption_prompt: str = CAPTION_PROMPT,
-             batch_size: int = 8, max_new_tokens: int = 32, meteor: bool | None = None,
-             dtype: str = "auto", loaded: tuple | None = None) -> dict[str, Any]:
-    """Evaluate ``model`` (any folder :func:`llava_core.inference.load_model` takes) on ``task``
-    and return its metrics (on every rank).
+def evaluate(cfg: EvalConfig, out_dir: str, loaded: tuple | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.model`` (any folder :func:`llava_core.inference.load_model` takes) on
+    ``cfg.task`` and return its metrics (on every rank); rank 0 writes ``<out_dir>/eval/<task>.json``.
 
-    ``data``: POPE: the folder of per-split question files (or one file), ``split`` the splits
-    to run, comma-separated; VQA: the questions with
-    answers; caption: COCO captions JSON. ``version``: the prompt format the model was trained
-    with (LLaVA names: v1, plain, chat_template...). ``prompt_suffix`` is appended to POPE/VQA
-    questions (default: LLaVA's "Answer the question using a single word or phrase.").
-    ``dtype``: auto = bfloat16 on a GPU (this rank's ``LOCAL_RANK``), float32 on CPU.
-    ``loaded``: an already loaded ``(model, processor)`` (then ``model`` only labels the output).
+    ``loaded``: an already loaded ``(model, processor)`` (then ``cfg.model`` only labels the output).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown eval task {task!r}; choose from {', '.join(TASKS)}")
-    if version not in PROMPT_VERSIONS:
-        raise ValueError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
-    suffix = SHORT_ANSWER if prompt_suffix is None else prompt_suffix
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown eval task {cfg.task!r}; choose from {', '.join(TASKS)}")
+    suffix = SHORT_ANSWER if cfg.prompt_suffix is None else cfg.prompt_suffix
     if loaded is None:
-        llava, processor = load_model(model, inference_dtype(dtype))
+        llava, processor = load_model(cfg.model, inference_dtype(cfg.dtype))
         llava = llava.to(inference_device())
     else:
         llava, processor = loaded
-    fmt = PROMPT_VERSIONS[version]
+    fmt = PROMPT_VERSIONS[cfg.version]
 
-    if task == "pope":
-        if Path(data).is_file():
-            stem = Path(data).stem
-            files = {next((s for s in POPE_SPLITS if stem.endswith(s)), stem): Path(data)}
+    if cfg.task == "pope":
+        if Path(cfg.data).is_file():
+            stem = Path(cfg.data).stem
+            files = {next((s for s in POPE_SPLITS if stem.endswith(s)), stem): Path(cfg.data)}
         else:
-            files = find_pope_files(data, tuple(s.strip() for s in split.split(",") if s.strip()))
-        items = [(split, q) for split, f in files.items() for q in read_pope_split(f, image_folder)]
+            files = find_pope_files(cfg.data, tuple(s.strip() for s in cfg.split.split(",") if s.strip()))
+        items = [(split, q) for split, f in files.items() for q in read_pope_split(f, cfg.image_folder)]
         questions = [q.text + suffix for _, q in items]
         images = [q.image for _, q in items]
-    elif task == "vqa":
-        vqa = read_vqa(data, image_folder)
+    elif cfg.task == "vqa":
+        vqa = read_vqa(cfg.data, cfg.image_folder)
         questions, images = [q.text + suffix for q in vqa], [q.image for q in vqa]
     else:
-        caps = read_coco_captions(data, image_folder)
-        questions, images = [caption_prompt] * len(caps), [c.image for c in caps]
+        caps = read_coco_captions(cfg.data, cfg.image_folder)
+        questions, images = [cfg.caption_prompt] * len(caps), [c.image for c in caps]
 
     prompts = [generation_prompt(q, fmt, processor.tokenizer, with_image=True) for q in questions]
-    answers = generate_answers(llava, processor, prompts, images, batch_size, max_new_tokens)
+    answers = generate_answers(llava, processor, prompts, images, cfg.batch_size, cfg.max_new_tokens)
 
-    if task == "pope":
+    if cfg.task == "pope":
         metrics = {split: pope_metrics([a for (s, _), a in zip(items, answers) if s == split],
                                        [q.label for s, q in items if s == split]) for split in files}
         samples = [{"split": s, "question_id": q.question_id, "image": q.image, "question": q.text,
                     "answer": a, "pred": "yes" if pope_answer_is_yes(a) else "no", "label": q.label}
                    for (s, q), a in zip(items, answers)]
-    elif task == "vqa":
+    elif cfg.task == "vqa":
         metrics = vqa_metrics(answers, [q.answers for q in vqa])
         samples = [{"question_id": q.question_id, "image": q.image, "question": q.text,
                     "answer": a, "answers": list(q.answers)} for q, a in zip(vqa, answers)]
     else:
         metrics = caption_metrics({c.image_id: a for c, a in zip(caps, answers)},
-                                  {c.image_id: c.references for c in caps}, meteor=meteor)
+                                  {c.image_id: c.references for c in caps}, meteor=cfg.meteor)
         samples = [{"image_id": c.image_id, "image": c.image, "caption": a,
                     "references": list(c.references)} for c, a in zip(caps, answers)]
 
     if rank_and_world()[0] == 0:
-        atomic_write_json(Path(out_dir) / "eval" / f"{task}.json",
-                          {"task": task, "model": str(model), "data": str(data),
+        atomic_write_json(Path(out_dir) / "eval" / f"{cfg.task}.json",
+                          {"task": cfg.task, "model": str(cfg.model), "data": str(cfg.data),
                            "metrics": metrics, "samples": samples})
-        print_table(task, metrics)
+        print_table(cfg.task, metrics)
     return metrics
 
 

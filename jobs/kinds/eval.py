@@ -1,0 +1,82 @@
+"""``eval``: POPE, VQA or captioning metrics of a trained model, generation sharded over the
+job's ranks. Settings: :class:`llava_core.eval.config.EvalConfig`; rank 0 writes
+``<job_dir>/eval/<task>.json``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.checks import FAILED, PASSED, Check
+from jobs.kinds.base import Checked, JobKind, Submission
+from llava_core.eval.config import EvalConfig
+from llava_core.run_config import read_run_config
+
+
+@dataclass
+class EvalTask:
+    """The picklable callable of an eval job: joins the job's process group (NCCL on GPUs, gloo on
+    CPU) so generation is sharded over all ranks."""
+
+    cfg: EvalConfig
+    job_dir: str
+
+    def __call__(self) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        from llava_core.eval.run import evaluate
+
+        joined = False
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            joined = True
+        try:
+            return evaluate(self.cfg, self.job_dir)
+        finally:
+            if joined:
+                dist.destroy_process_group()
+
+
+class EvalKind(JobKind):
+    name = "eval"
+    summary = "POPE, VQA or captioning metrics, generation sharded over the ranks"
+    settings_class = EvalConfig
+
+    def prepare(self, values: dict[str, Any], sub: Submission) -> dict[str, Any]:
+        if "version" not in values and values.get("model"):
+            run = read_run_config(values["model"])
+            if run is not None and hasattr(run.settings, "version"):
+                sub.set_default(values, "version", run.settings.version, f"the model's run ({run.path})")
+        return values
+
+    def check(self, settings: EvalConfig, sub: Submission) -> Checked:
+        return Checked(eval_checks(settings), settings)
+
+    def task(self, checked: Checked, sub: Submission) -> EvalTask:
+        return EvalTask(checked.settings, str(sub.job_dir))
+
+
+def eval_checks(cfg: EvalConfig) -> list[Check]:
+    """The required flags, the model folder and the task's files."""
+    from llava_core.inference import resolve_model_dir
+
+    missing = [f"--{key}" for key in ("task", "model", "data", "image_folder") if not getattr(cfg, key)]
+    if missing:
+        return [Check("options", FAILED, f"{', '.join(missing)} required for an eval job")]
+    checks = []
+    try:
+        checks.append(Check("model", PASSED, str(resolve_model_dir(cfg.model))))
+    except (FileNotFoundError, ValueError) as e:
+        checks.append(Check("model", FAILED, str(e)))
+    missing_files = [f"--{key} {getattr(cfg, key)}: not found" for key in ("data", "image_folder")
+                     if not Path(getattr(cfg, key)).exists()]
+    checks.append(Check("data", FAILED, "; ".join(missing_files)) if missing_files
+                  else Check("data", PASSED, f"{cfg.task}: {cfg.data}, images in {cfg.image_folder}"))
+    return checks
+
+
+EVAL = EvalKind()

@@ -1,0 +1,61 @@
+"""The settings of one evaluation (what ``python -m jobs.submit eval`` and :func:`llava_core.eval.run.evaluate` take)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from llava_core.config import PROMPT_VERSIONS, typed_from_dict
+from llava_core.eval.pope import POPE_SPLITS
+
+TASKS = ("pope", "vqa", "caption")
+CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLaVA's caption prompt
+
+
+@dataclass
+class EvalConfig:
+    """One benchmark run of one model. Defaults follow LLaVA-1.5's eval scripts."""
+
+    task: str = ""
+    """pope, vqa (exact match and VQA accuracy) or caption (BLEU, ROUGE-L, CIDEr, METEOR)."""
+    model: str = ""
+    """An HF-format folder, a run folder (its final/), a LoRA adapter or a checkpoint folder."""
+    data: str = ""
+    """POPE: the folder of per-split question files (or one file); VQA: questions with answers
+    (JSONL/JSON); caption: COCO captions JSON."""
+    image_folder: str = ""
+    """Folder that the questions' image names are relative to."""
+    split: str = ",".join(POPE_SPLITS)
+    """POPE splits to run, comma-separated."""
+    version: str = "v1"
+    """The prompt format the model was trained with (LLaVA names: v1, plain, chat_template...)."""
+    prompt_suffix: str | None = None
+    """Appended to POPE/VQA questions; None: LLaVA's "Answer the question using a single word or phrase."."""
+    caption_prompt: str = CAPTION_PROMPT
+    """The instruction of caption tasks."""
+    batch_size: int = 8
+    """Prompts per generation batch and rank."""
+    max_new_tokens: int = 32
+    """The longest answer, in tokens."""
+    meteor: bool | None = None
+    """Compute METEOR (needs Java); None: when Java is present."""
+    dtype: str = "auto"
+    """auto (bfloat16 on a GPU, float32 on the CPU), float32, bfloat16 or float16."""
+
+    def __post_init__(self) -> None:
+        if self.task and self.task not in TASKS:
+            raise ValueError(f"--task {self.task!r}: use one of {', '.join(TASKS)}")
+        if self.version not in PROMPT_VERSIONS:
+            raise ValueError(f"--version {self.version!r}: use one of {sorted(PROMPT_VERSIONS)}")
+        for name in ("batch_size", "max_new_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML/JSON-safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "EvalConfig":
+        """Build from flags, coercing CLI/YAML values to the field types; unknown names are an error."""
+        return typed_from_dict(cls, values)

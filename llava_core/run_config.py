@@ -1,0 +1,103 @@
+"""A run's ``config.yaml``: the job kind and its fully resolved, typed settings, written at submit
+and read back (export, chat, eval, a LoRA run's base model) by :func:`read_run_config`.
+
+Format 2 (current)::
+
+    config_format: 2
+    job: finetune
+    settings_type: llava_core.config:TrainConfig
+    settings: {every field of the settings, defaults included}
+    launch: {the launch spec}
+
+Format 1 (before): the flags as given, flat, with ``job``; read as the settings they make.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_FILE = "config.yaml"
+CONFIG_FORMAT = 2
+# settings classes a config.yaml may name (the module must lie in one of these packages)
+TRUSTED_PACKAGES = ("llava_core", "jobs")
+
+
+@dataclass
+class RunConfig:
+    """A run's saved config."""
+
+    path: Path
+    job: str
+    settings: Any
+    launch: dict[str, Any]
+
+
+def run_config_record(job: str, settings: Any, launch: dict[str, Any]) -> str:
+    """The YAML text of ``config.yaml`` for a job of kind ``job`` with typed ``settings``."""
+    cls = type(settings)
+    return yaml.safe_dump({"config_format": CONFIG_FORMAT, "job": job,
+                           "settings_type": f"{cls.__module__}:{cls.__qualname__}",
+                           "settings": _plain(settings.to_dict()), "launch": _plain(launch)}, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def find_run_config(path: str | Path) -> Path | None:
+    """The ``config.yaml`` of the run that ``path`` (a run folder or any folder inside one) belongs to."""
+    p = Path(path).absolute()
+    return next((d / CONFIG_FILE for d in (p, *p.parents) if (d / CONFIG_FILE).is_file()), None)
+
+
+def read_run_config(path: str | Path) -> RunConfig | None:
+    """The saved config of the run ``path`` belongs to (None when it is in no run); errors name the file."""
+    file = find_run_config(path)
+    if file is None:
+        return None
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{file}: invalid YAML: {e}") from None
+    if not isinstance(data, dict) or "job" not in data:
+        raise ValueError(f"{file}: not a run config (no 'job')")
+    if data.get("config_format") == CONFIG_FORMAT:
+        cls = _settings_class(str(data.get("settings_type", "")), file)
+        return RunConfig(file, data["job"], cls.from_dict(data.get("settings") or {}), data.get("launch") or {})
+    return RunConfig(file, data["job"], _format_1(data, file), {})
+
+
+def _settings_class(name: str, file: Path) -> type:
+    module, _, qualname = name.partition(":")
+    if module.split(".")[0] not in TRUSTED_PACKAGES or not qualname:
+        raise ValueError(f"{file}: settings_type {name!r} is not one of this project's settings classes")
+    cls = getattr(importlib.import_module(module), qualname, None)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise ValueError(f"{file}: settings_type {name!r} is not one of this project's settings classes")
+    return cls
+
+
+def _format_1(data: dict[str, Any], file: Path) -> Any:
+    """A format-1 config (the flags of a pretrain/finetune/dpo/eval job, flat) as typed settings."""
+    from llava_core.config import DPOConfig, TrainConfig
+    from llava_core.eval.config import EvalConfig
+
+    values = {k: v for k, v in data.items() if k != "job"}
+    cls = {"dpo": DPOConfig, "eval": EvalConfig}.get(data["job"], TrainConfig)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if cls is EvalConfig:
+        return cls.from_dict({k: v for k, v in values.items() if k in fields})
+    extra = {k: v for k, v in values.items() if k not in fields}
+    known = {k: v for k, v in values.items() if k in fields}
+    return cls.from_dict({**known, "training_args": {**known.get("training_args", {}), **extra}})
