@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +11,7 @@ from llava_core.config import TrainConfig
 from llava_core.data import ValidationReport
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclasses.dataclass
@@ -163,11 +165,15 @@ def check_training_arguments(cfg: TrainConfig) -> Check:
                                                    "give a positive number of epochs or --max_steps N")
     if cfg.bf16 and cfg.fp16:
         return Check("training arguments", FAILED, "--bf16 True and --fp16 True: pick one precision")
+    # built as a lone process: with a rank's variables inherited, TrainingArguments would join a process group
+    saved = {k: os.environ.pop(k) for k in DISTRIBUTED_ENV if k in os.environ}
     try:
         args = training_arguments(dataclasses.replace(cfg, bf16=False, fp16=False, tf32=None, deepspeed=None,
                                                       report_to="none"), cpu_shared_state=False)
     except (ValueError, TypeError, ImportError) as e:
         return Check("training arguments", FAILED, _name_the_flag(str(e), cfg))
+    finally:
+        os.environ.update(saved)
     scheduler = SchedulerType(args.lr_scheduler_type).value
     return Check("training arguments", PASSED, f"optimizer {args.optim.value if hasattr(args.optim, 'value') else args.optim}, "
                                                f"scheduler {scheduler}")

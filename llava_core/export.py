@@ -30,7 +30,7 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, t
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a LoRA run's checkpoint?)")
-    base_cfg = TrainConfig.from_dict({**cfg.to_dict(), "lora_enable": False})
+    base_cfg = type(cfg).from_dict({**cfg.to_dict(), "lora_enable": False})
     # At the end of a ZeRO-3 run only rank 0 merges: build the base whole, not under zero.Init
     # (whose collectives would wait for the other ranks forever).
     from transformers.integrations import deepspeed as hf_deepspeed
