@@ -17,6 +17,7 @@ Stage 1 (LCS-558K captions, `plain` format): image + one caption of 5-60 tokens.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +168,75 @@ def padded_collate(samples: list[dict[str, torch.Tensor]], pad_token_id: int = 0
     if images:
         batch["pixel_values"] = torch.stack(images)
     return batch
+
+
+TEMPLATE_TEXT = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+                 "detailed, and polite answers to the user's questions. USER: ASSISTANT: Human: Assistant:")
+"""The words of LLaVA's `v1` template, so that every piece of a rendered prompt has its own token."""
+
+
+def _word(i: int) -> str:
+    return f"w{i}"
+
+
+def write_word_tokenizer(out: str | Path, vocab: int) -> int:
+    """Save a word-level tokenizer of `vocab` entries to `out` (`<unk> <s> </s>`, the template's
+    words and punctuation, then the words `w<i>`): one token per word of `write_llava_json`'s text,
+    so the token counts follow the drawn length mix exactly. Returns the first `w<i>` id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Whitespace()
+    pieces = ["<unk>", "<s>", "</s>"]
+    for piece, _ in split.pre_tokenize_str(TEMPLATE_TEXT):
+        if piece not in pieces:
+            pieces.append(piece)
+    first = len(pieces)
+    pieces += [_word(i) for i in range(first, vocab)]
+    tok = Tokenizer(models.WordLevel(vocab={p: i for i, p in enumerate(pieces)}, unk_token="<unk>"))
+    tok.pre_tokenizer = split
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            model_max_length=2048).save_pretrained(out)
+    return first
+
+
+def write_llava_json(out: str | Path, n: int, first_word: int, vocab: int, stage: str = "stage2", seed: int = 0,
+                     images: int = 64, max_tokens: int = 2000, image_tokens: int = 576) -> Path:
+    """Write `n` LLaVA records (`out/data.json`) with `sample_layouts`' length mix and `images`
+    JPEGs (`out/images/<i>.jpg`, shared by the image records as COCO images are); a record's
+    rounds past `max_tokens` (counting `image_tokens` for the image and ~6 template tokens per
+    round) are dropped, as a real mix is cut to fit `model_max_length`. The text follows
+    `SyntheticLlavaDataset`'s learnable rule. Returns the JSON's path."""
+    import json
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(_jpeg_pool(images, seed)):
+        (out / "images" / f"{i}.jpg").write_bytes(data)
+    rng = np.random.default_rng(seed + 1)
+    successor = rng.integers(first_word, vocab, size=vocab)
+
+    def words(count: int, rule: float) -> str:
+        current, text = int(rng.integers(first_word, vocab)), []
+        for _ in range(count):
+            current = int(successor[current]) if rng.random() < rule else int(rng.integers(first_word, vocab))
+            text.append(_word(current))
+        return " ".join(text)
+
+    records = []
+    for index, layout in enumerate(sample_layouts(n, stage, seed)):
+        budget = max_tokens - SYSTEM_TOKENS - (image_tokens if layout.has_image else 0)
+        turns = []
+        for question, answer in layout.rounds:
+            budget -= question + answer + 6
+            if budget < 0 and turns:
+                break
+            turns += [{"from": "human", "value": words(question, 0.5)}, {"from": "gpt", "value": words(max(1, answer), 0.8)}]
+        record: dict[str, object] = {"id": str(index), "conversations": turns}
+        if layout.has_image:
+            record["image"] = f"images/{index % images}.jpg"
+            turns[0]["value"] = "<image>\n" + turns[0]["value"]
+        records.append(record)
+    path = out / "data.json"
+    path.write_text(json.dumps(records))
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -102,3 +103,28 @@ def parameter_counts(model: LlavaForConditionalGeneration) -> dict[str, int]:
     embed = model.model.language_model.embed_tokens.weight.numel()
     llm = sum(p.numel() for p in model.model.language_model.parameters()) + model.lm_head.weight.numel()
     return {"vision": vision, "projector": projector, "llm_no_embed": llm - embed, "llm": llm}
+
+
+def save_parts(spec: ModelSpec, out: str | Path, vocab: int, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Path]:
+    """Save `spec`'s parts as a user's run starts from them: a Llama causal LM (`out/llm`, text
+    vocabulary `vocab`, bf16 weights as Vicuna ships fp16 ones) and a CLIP vision model with CLIP's
+    image processor (`out/vision`), random weights; returns {"llm": path, "vision": path}. The
+    tokenizer goes into `out/llm` separately (`bench.data.write_word_tokenizer`)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel, LlamaForCausalLM
+
+    out = Path(out)
+    config = llava_config(spec)
+    text = config.text_config
+    text.vocab_size = vocab
+    torch.manual_seed(seed)
+    with torch.device(device):
+        llm = LlamaForCausalLM._from_config(text, attn_implementation="sdpa", **dtype_kwargs(torch.bfloat16))
+    llm.save_pretrained(out / "llm")
+    del llm
+    with torch.device(device):
+        vision = CLIPVisionModel._from_config(config.vision_config, attn_implementation="sdpa", **dtype_kwargs(torch.bfloat16))
+    vision.save_pretrained(out / "vision")
+    del vision
+    size = spec.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(out / "vision")
+    return {"llm": out / "llm", "vision": out / "vision"}

@@ -1,27 +1,38 @@
-"""Training throughput of LLaVA's reference path against the project's default path, side by side.
+"""Training throughput of the product path against LLaVA's reference path, side by side.
 
-    python -m bench.throughput --model 1b --stages stage1,stage2,lora --out runs/bench   # on a GPU
-    python -m bench.throughput --smoke                                                  # tiny, CPU
+    python -m bench.throughput --model 1b --stages stage2 --modes reference,product --out runs/bench   # on a GPU
+    python -m bench.throughput --smoke                                                                # tiny, CPU
 
-Modes (both through the HF Trainer, same data order, same seed, same global batch: LLaVA-1.5's
-per-device batch with 8 gradient-accumulation steps, i.e. the global batch of its 8-GPU recipes):
-- `reference`: what LLaVA's scripts do: bf16 weights under DeepSpeed ZeRO-2 (fp32 master in the
-  optimizer), right-padded batches, SDPA with a padding mask, gradient checkpointing on.
-- `ours`: the project's default: packed batches with varlen attention and logits only where a
-  label follows (`llava_core.packing`), decoder layers compiled one by one, gradient checkpointing
-  on only as many layers as the memory estimate needs, no DeepSpeed on one GPU when the states fit
-  (fp32 trainable weights under bf16 autocast, fused AdamW), ZeRO-2 with CPU offload when they do
-  not (`llava_core.speed`, `llava_core.memory`).
-- `ours-nocompile`, `ours-padded`: `ours` without per-layer compile / without packing (ablations).
+Modes (same seed, same global batch: LLaVA-1.5's per-device batch with 8 gradient-accumulation
+steps, i.e. the global batch of its 8-GPU recipes):
+- `product`: what a user gets. Real-format files are written once under `--work` (a Llama and a
+  CLIP vision model built from `bench.models.SPECS` configs and saved with `save_pretrained`, a
+  word-level tokenizer, LLaVA JSON with the 665K length mix, JPEGs on disk: `bench.data`), then
+  `jobs.submit.submit_job("finetune", preset=...)` resolves, checks (pre-flight included) and
+  builds the task exactly as `python -m jobs.submit finetune --preset llava15-7b-finetune ...`
+  does; the one difference is that the task runs in this process (the executor's process start
+  is replaced by a call), so that the peak GPU memory can be read. Timing and losses come from the
+  job's own `metrics.jsonl`; the data are read in file order (`train_sampling_strategy
+  sequential`), so the real tokens of each timed step are known from the pre-flight lengths.
+  `product-nozero` adds `--deepspeed None`, `product-zero2` `--deepspeed zero2`, `product-mb2x`
+  `--deepspeed None` with twice the micro batch and half the accumulation steps (same global batch).
+- `reference`: what LLaVA's scripts do, on synthetic in-memory samples of the same length mix
+  (`bench.data.SyntheticLlavaDataset`): bf16 weights under DeepSpeed ZeRO-2 (fp32 master in the
+  optimizer), right-padded batches, SDPA with a padding mask, gradient checkpointing on, HF Trainer.
+- `handbuilt`, `handbuilt-nocompile`, `handbuilt-padded` (ablations only): the fast path assembled
+  by hand here (packing, per-layer compile, checkpointing as the memory estimate needs, no
+  DeepSpeed on one GPU) on the synthetic samples, without / without compile / without packing.
+  They isolate the pieces; the product path is what the table's speed-up reports.
 
-Printed and written to `<out>/results.json`: optimizer-step time, samples/s, real (non-pad)
-tokens/s, MFU, peak GPU memory (measured and predicted), peak host memory, first/last loss and the
-per-step losses. `--profile` adds one optimizer step under torch.profiler after the timed ones
-(not timed) and writes its busiest kernels and the GPU's busy fraction to `<run>.profile.txt`.
+Printed and written to `<out>/results.json` (after each run): optimizer-step time, samples/s, real
+(non-pad) tokens/s, MFU, peak GPU memory (measured and predicted), peak host memory, first/last
+loss and the per-step losses. `--profile` adds one optimizer step under torch.profiler after the
+timed ones (handbuilt and reference modes; not timed) and writes its busiest kernels and the GPU's
+busy fraction to `<run>.profile.txt`.
 MFU = F / step time / PEAK_FLOPS with F = 2*N_vision*577*images + 6*N_proj*576*images
 + k*N_llm*T (T real tokens, N_llm without the input embedding, k=6 when the LLM trains, 4 when it
 is frozen but backpropagated, plus 6*N_lora*T for LoRA); PEAK_FLOPS is the measured bf16 matmul
-rate of one H100 (757 TFLOP/s). Attention FLOPs are not counted.
+rate of one H100 (757 TFLOP/s; an H200 measured ~790). Attention FLOPs are not counted.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,7 +84,9 @@ class RunSpec:
     seed: int = 0
     workers: int = 4
     device: str = "cuda"
-    gpu_gib: float = 79.0  # GPU memory to plan for and allow (caps the allocator on larger GPUs)
+    gpu_gib: float = 79.0  # GPU memory to plan for and allow (caps the allocator on larger GPUs; not the product modes)
+    work: str = "/tmp/llava-bench-product"  # product modes: where the model folders, JSON and JPEGs are written once
+    preset: str = "llava15-7b-finetune"  # product modes: the preset the job is submitted with
 
 
 def _set_single_process_env() -> None:
@@ -149,10 +163,12 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
     from llava_core.speed import checkpoint_layers, compile_decoder_layers, zero_setup
 
+    if spec.mode in PRODUCT_MODES:
+        return run_product(spec)
     cuda = spec.device == "cuda"
-    ours = spec.mode.startswith("ours")
-    packing = ours and spec.mode != "ours-padded"
-    compile_layers = cuda and ours and spec.mode != "ours-nocompile"
+    ours = spec.mode.startswith("handbuilt")
+    packing = ours and spec.mode != "handbuilt-padded"
+    compile_layers = cuda and ours and spec.mode != "handbuilt-nocompile"
     _set_single_process_env()
     if cuda:  # a larger GPU behaves as one of `gpu_gib` (e.g. an H200 measuring for 80 GB cards)
         total = torch.cuda.get_device_properties(0).total_memory
@@ -294,6 +310,139 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     return result
 
 
+PRODUCT_MODES: dict[str, dict[str, Any]] = {
+    "product": {},  # the preset as it is (its --deepspeed: auto)
+    "product-nozero": {"deepspeed": None},  # no DeepSpeed (what auto picks on one GPU when the states fit)
+    "product-zero2": {"deepspeed": "zero2"},  # ZeRO-2, as LLaVA's scripts and the presets before auto
+    "product-mb2x": {"deepspeed": None},  # no DeepSpeed, a micro batch twice as large, half the accumulation steps
+}
+
+
+def product_assets(model: str, records: int, work: Path, seed: int = 0, device: str = "cpu") -> dict[str, Path]:
+    """The files a product run reads, written once under `work` (reused when complete): `llm/`
+    (Llama + tokenizer), `vision/` (CLIP vision model + image processor), `data/data.json` and
+    `data/images/*.jpg`."""
+    from bench.data import write_llava_json, write_word_tokenizer
+    from bench.models import SPECS, save_parts
+
+    spec = SPECS[model]
+    folder = work / f"assets-{model}-{records}-{seed}"
+    paths = {"llm": folder / "llm", "vision": folder / "vision", "data": folder / "data" / "data.json",
+             "images": folder / "data"}
+    if (folder / "complete").is_file():
+        return paths
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    vocab = spec.image_token_id  # the text vocabulary; the product adds <image> after it
+    save_parts(spec, folder, vocab, device, seed)
+    first = write_word_tokenizer(folder / "llm", vocab)
+    write_llava_json(folder / "data", records, first, vocab, seed=seed, image_tokens=spec.image_tokens)
+    (folder / "complete").write_text(f"{time.perf_counter() - start:.1f} s\n")
+    return paths
+
+
+class _InProcessJob:
+    """What `cluster.launch.submit` returns, for a task that runs in this process when waited for."""
+
+    executor = "in-process"
+
+    def __init__(self, task: Any, job_dir: Path) -> None:
+        self.task, self.job_dir, self.job_id = task, job_dir, "in-process"
+
+    def wait(self, timeout: float | None = None) -> Any:
+        return self.task()
+
+
+def product_flags(spec: RunSpec, assets: dict[str, Path], job_dir: Path) -> dict[str, Any]:
+    """The `jobs.submit finetune` flags of a product run: the preset, the files, LLaVA's global
+    batch on one process, `max_steps`, and the mode's overrides."""
+    from llava_core.compat import sequential_sampling_kwargs
+
+    batch, accum = (spec.batch * 2, spec.accum // 2) if spec.mode == "product-mb2x" else (spec.batch, spec.accum)
+    if accum < 1:
+        raise ValueError(f"{spec.mode} halves --accum {spec.accum}: give an even --accum")
+    flags: dict[str, Any] = dict(
+        preset=spec.preset, model_name_or_path=str(assets["llm"]), vision_tower=str(assets["vision"]),
+        data_path=str(assets["data"]), image_folder=str(assets["images"]), output_dir=str(job_dir),
+        per_device_train_batch_size=batch, gradient_accumulation_steps=accum, global_batch_size=batch * accum,
+        max_steps=spec.warmup + spec.steps, learning_rate=spec.lr, report_to="none", save_strategy="no",
+        dataloader_num_workers=spec.workers, seed=spec.seed, executor="local", nodes=1, gpus_per_node=1, follow=False,
+        **sequential_sampling_kwargs(), **PRODUCT_MODES[spec.mode],
+    )
+    if spec.device != "cuda":  # the CPU smoke: no DeepSpeed, no compile (the platform turns bf16/tf32 off)
+        flags.update(deepspeed=None, compile_layers=False)
+    return flags
+
+
+def run_product(spec: RunSpec) -> dict[str, Any]:
+    """Train through `jobs.submit.submit_job` (the product path, task run in this process) and
+    return the measurements (the same keys as `run_one`)."""
+    from unittest import mock
+
+    from transformers import AutoConfig, LlavaForConditionalGeneration
+
+    import jobs.submit
+    import llava_core.train
+    from bench.models import parameter_counts
+    from llava_core.io import read_jsonl
+
+    cuda = spec.device == "cuda"
+    _set_single_process_env()
+    steps = spec.warmup + spec.steps
+    work = Path(spec.work)
+    assets = product_assets(spec.model, spec.batch * spec.accum * steps, work, spec.seed, spec.device)
+    job_dir = work / f"job-{spec.model}-{spec.stage}-{spec.mode}"
+    shutil.rmtree(job_dir, ignore_errors=True)
+    flags = product_flags(spec, assets, job_dir)
+    seen: dict[str, Any] = {}
+
+    def submit(task, launch):
+        seen["task"] = task
+        return _InProcessJob(task, launch.job_dir)
+
+    def fast_path(*args, **kwargs):
+        seen["fast_path"] = real_fast_path(*args, **kwargs)
+        return seen["fast_path"]
+
+    real_fast_path = llava_core.train.apply_fast_path
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with mock.patch.object(jobs.submit, "submit", submit), mock.patch.object(llava_core.train, "apply_fast_path", fast_path):
+        done = jobs.submit.submit_job("finetune", wait=True, **flags)
+    peak = torch.cuda.max_memory_allocated() / 1024**3 if cuda else float("nan")
+
+    cfg, report = seen["task"].cfg, seen["task"].report
+    if report is None:  # the submit's pre-flight had no lengths: measure them as the ranks would
+        report = llava_core.train.validate_data(cfg)
+    size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    lengths = [report.lengths[i] for i in range(len(report.good))]  # dataset order = file order (sequential)
+    logged = {r["step"]: r for r in read_jsonl(job_dir / "metrics.jsonl") if "loss" in r}
+    ends = [logged[s]["time"] for s in range(1, steps + 1)]
+    seconds = ends[-1] - ends[spec.warmup - 1] if spec.warmup else ends[-1] - ends[0]
+    timed = lengths[spec.warmup * size:steps * size] if spec.warmup else lengths[size:steps * size]
+    tokens, images = sum(abs(n) for n in timed), sum(n > 0 for n in timed)
+    timed_steps = spec.steps if spec.warmup else spec.steps - 1
+    with torch.device("meta"):
+        counts = parameter_counts(LlavaForConditionalGeneration(AutoConfig.from_pretrained(Path(done.result.final_dir))))
+    flops = 2 * counts["vision"] * 577 * images + 6 * counts["projector"] * 576 * images + 6 * counts["llm_no_embed"] * tokens
+    losses = [float(logged[s]["loss"]) for s in range(1, steps + 1)]
+    from llava_core.speed import deepspeed_zero
+
+    zero_stage, offload = deepspeed_zero(cfg.deepspeed)
+    fast = seen.get("fast_path", {})
+    return {
+        **asdict(spec), "batch": cfg.per_device_train_batch_size, "accum": cfg.gradient_accumulation_steps,
+        "step_s": seconds / timed_steps, "samples_s": size * timed_steps / seconds, "tokens_s": tokens / seconds,
+        "images_s": images / seconds, "mfu": flops / seconds / PEAK_FLOPS, "peak_gib": peak,
+        "predicted_gib": fast.get("predicted_peak_gib", float("nan")),
+        "host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "plan": {"zero_stage": zero_stage, "offload": offload, "fast_path": fast, "packing": cfg.packing,
+                 "compile_layers": cfg.compile_layers, "gradient_checkpointing": cfg.gradient_checkpointing},
+        "job_dir": str(job_dir), "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
+        "step_times": [b - a for a, b in zip(ends, ends[1:])],
+    }
+
+
 def profile_summary(profiler: "torch.profiler.profile", wall_s: float, top: int = 25) -> dict[str, Any]:
     """The profiled step's wall time, GPU busy time (sum of kernel and copy times) and its
     busiest operations by self device time, as a printable table."""
@@ -320,16 +469,17 @@ def loader_rate(model: str, stage: str, batch: int, workers: int, batches: int =
     return images / (time.perf_counter() - start)
 
 
+MODES = ("reference", *PRODUCT_MODES, "handbuilt", "handbuilt-nocompile", "handbuilt-padded")
 COLUMNS = ("model", "stage", "mode", "batch", "step_s", "samples_s", "tokens_s", "mfu", "peak_gib", "predicted_gib", "loss_first", "loss_last")
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown table of `results`, with the speed-up of `ours` over `reference` per model and stage."""
+    """Markdown table of `results`, with each mode's tokens/s over `reference`'s per model and stage."""
     reference = {(r["model"], r["stage"]): r["tokens_s"] for r in results if r["mode"] == "reference"}
     lines = ["| " + " | ".join(COLUMNS + ("speedup",)) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     for r in results:
         base = reference.get((r["model"], r["stage"]))
-        speedup = f"{r['tokens_s'] / base:.2f}x" if base and r["mode"].startswith("ours") else ""
+        speedup = f"{r['tokens_s'] / base:.2f}x" if base and r["mode"] != "reference" else ""
         cells = []
         for column in COLUMNS:
             value = f"{r['batch']}x{r.get('accum', 1)}" if column == "batch" else r[column]
@@ -341,9 +491,12 @@ def table(results: list[dict[str, Any]]) -> str:
 def _run_in_subprocess(spec: RunSpec, out: Path, timeout_s: float | None = None) -> dict[str, Any] | None:
     name = f"{spec.model}-{spec.stage}-{spec.mode}"
     result_file = out / f"{name}.json"
+    env = dict(os.environ)
+    if spec.mode in PRODUCT_MODES:  # as a rank of the local executor starts (cluster.runtime)
+        env.setdefault("OMP_NUM_THREADS", "1")
     with open(out / f"{name}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bench.throughput", "--one", json.dumps(asdict(spec)), "--result", str(result_file)],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             outcome = f"exit {proc.wait(timeout=timeout_s)}"
         except subprocess.TimeoutExpired:
@@ -364,14 +517,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="1b", choices=["tiny", "1b", "7b"])
     parser.add_argument("--stages", default="stage1,stage2,lora")
-    parser.add_argument("--modes", default="reference,ours")
+    parser.add_argument("--modes", default="reference,product",
+                        help="reference, product, product-nozero, product-zero2, product-mb2x; ablations: handbuilt, handbuilt-nocompile, handbuilt-padded")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--reference-steps", type=int, help="timed steps of the reference mode (default --steps)")
     parser.add_argument("--accum", type=int, default=ACCUM, help="gradient accumulation steps (global batch = batch x accum)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--gpu-gib", type=float, default=79.0, help="GPU memory to plan for; caps the allocator on larger GPUs")
     parser.add_argument("--profile", default="", help="modes to profile one extra optimizer step of (comma-separated)")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--work", default="/tmp/llava-bench-product", help="product modes: where their files are written once")
+    parser.add_argument("--preset", default="llava15-7b-finetune", help="product modes: the preset of the submitted job")
     parser.add_argument("--loader", action="store_true", help="also measure the packed loader alone (images/s)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 2 steps per run, in-process")
     parser.add_argument("--run-timeout", type=float, help="seconds one run may take before it is killed and reported failed")
@@ -387,22 +544,31 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    if any(m in PRODUCT_MODES for m in modes) and args.stages != "stage2":
+        parser.error("the product modes run `jobs.submit finetune`: give --stages stage2")
     results = []
+    summary: dict[str, Any] = {"mfu_formula": MFU_FORMULA, "device": _device_name(), "results": results}
     for stage in args.stages.split(","):
         batch, lr = STAGE_DEFAULTS[stage]
-        for mode in args.modes.split(","):
+        for mode in modes:
+            profile = mode in args.profile.split(",")
             if args.smoke:
-                spec = RunSpec("tiny", stage, mode, batch=4, lr=lr, warmup=1, steps=2, accum=2, profile=mode in args.profile.split(","),
-                               workers=0, device="cpu")
+                spec = RunSpec("tiny", stage, mode, batch=4, lr=lr, warmup=1, steps=2, accum=2, profile=profile,
+                               workers=0, device="cpu", work=str(out / "work"))
                 results.append(run_one(spec))
             else:
-                spec = RunSpec(args.model, stage, mode, batch, lr, args.warmup, args.steps, accum=args.accum,
-                               profile=mode in args.profile.split(","), workers=args.workers, gpu_gib=args.gpu_gib)
+                steps = args.reference_steps if mode == "reference" and args.reference_steps else args.steps
+                spec = RunSpec(args.model, stage, mode, batch, lr, args.warmup, steps, accum=args.accum, profile=profile,
+                               workers=args.workers, gpu_gib=args.gpu_gib, work=args.work, preset=args.preset)
                 result = _run_in_subprocess(spec, out, args.run_timeout)
                 if result:
                     results.append(result)
                     print(table([result]).splitlines()[-1], flush=True)
-    summary: dict[str, Any] = {"mfu_formula": MFU_FORMULA, "device": _device_name(), "results": results}
+            (out / "results.json").write_text(json.dumps(summary, indent=1))  # after each run: a killed command keeps the rest
     if args.loader:
         summary["loader_images_s"] = loader_rate(args.model, "stage2", 16, args.workers)
         print(f"packed loader alone, {args.workers} workers: {summary['loader_images_s']:.0f} images/s")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -12,25 +13,56 @@ from llava_core.memory import JobShape, checkpointed_layers_needed, estimate_pea
 from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
 
 
-def test_smoke_runs_both_modes_and_prints_the_table(tmp_path, capsys):
-    main(["--smoke", "--stages", "stage2", "--out", str(tmp_path)])
+def test_smoke_runs_the_reference_and_the_product_path_and_prints_the_table(tmp_path, capsys):
+    main(["--smoke", "--stages", "stage2", "--modes", "reference,product,product-mb2x", "--out", str(tmp_path)])
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["mfu_formula"].startswith("F = 2*N_vision*577*images")
     results = summary["results"]
-    assert [r["mode"] for r in results] == ["reference", "ours"]
+    assert [r["mode"] for r in results] == ["reference", "product", "product-mb2x"]
     for r in results:
         assert set(COLUMNS) <= set(r)
-        assert r["losses"] and all(math.isfinite(x) for x in r["losses"])
+        assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"])
         assert r["tokens_s"] > 0
-    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| model"))
+    product, doubled = results[1], results[2]
+    assert (product["batch"], product["accum"]) == (4, 2) and (doubled["batch"], doubled["accum"]) == (8, 1)
+    # it went through jobs.submit: the job directory holds the resolved config, the job's metrics and final/
+    job_dir = Path(product["job_dir"])
+    assert json.loads((job_dir / "job.json").read_text())["preset"] == "llava15-7b-finetune" and (job_dir / "config.yaml").is_file()
+    assert [json.loads(line)["loss"] for line in (job_dir / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line][:3] == product["losses"]
+    assert (job_dir / "final" / "config.json").is_file()
+    assert product["plan"]["packing"] and product["plan"]["fast_path"]["attention"] == "packed varlen"
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| model"))
     assert header.split(" | ")[1:4] == ["stage", "mode", "batch"] and "speedup" in header
+    assert "| tiny | stage2 | product | 4x2 |" in out
+
+
+def test_the_product_files_are_real_format_and_follow_the_length_mix(tmp_path):
+    from transformers import AutoTokenizer
+
+    from bench.data import sample_layouts
+    from bench.throughput import product_assets
+
+    assets = product_assets("tiny", 200, tmp_path, seed=3)
+    records = json.loads(assets["data"].read_text())
+    layouts = sample_layouts(200, "stage2", 3)
+    assert [("image" in r) for r in records] == [layout.has_image for layout in layouts]
+    tokenizer = AutoTokenizer.from_pretrained(assets["llm"])
+    first = records[0]["conversations"]
+    q, a = layouts[0].rounds[0]
+    assert len(tokenizer(first[1]["value"], add_special_tokens=False)["input_ids"]) == a  # one token per word
+    assert len(tokenizer(first[0]["value"].replace("<image>", ""), add_special_tokens=False)["input_ids"]) == q
+    assert (assets["images"] / records[0]["image"]).is_file()
+    assert (assets["vision"] / "preprocessor_config.json").is_file() and (assets["llm"] / "config.json").is_file()
+    assert product_assets("tiny", 200, tmp_path, seed=3) == assets  # written once
 
 
 def test_a_run_past_its_timeout_is_killed_and_reported_failed(tmp_path, capsys):
-    spec = RunSpec("tiny", "stage2", "ours", batch=4, lr=1e-3, warmup=1, steps=100_000, workers=0, device="cpu")
+    spec = RunSpec("tiny", "stage2", "handbuilt", batch=4, lr=1e-3, warmup=1, steps=100_000, workers=0, device="cpu")
     assert _run_in_subprocess(spec, tmp_path, timeout_s=5) is None
-    assert "tiny-stage2-ours: failed (killed after 5 s)" in capsys.readouterr().out
-    assert not (tmp_path / "tiny-stage2-ours.json").exists()
+    assert "tiny-stage2-handbuilt: failed (killed after 5 s)" in capsys.readouterr().out
+    assert not (tmp_path / "tiny-stage2-handbuilt.json").exists()
 
 
 def test_packed_batch_gives_the_padded_loss_and_gradients():
