@@ -211,29 +211,45 @@ def _run(stream: RecordStream, check: Checker, workers: int, results: _Results, 
     for p in procs:
         p.start()
     bar = _progress(progress)  # after the forks (its monitor thread)
-    pending: dict[int, int] = {}  # chunk -> records
+    pending: dict[int, tuple[int, int]] = {}  # chunk -> (worker, records)
     ids = itertools.count()
+
+    def check_alive() -> None:
+        """Raise if a worker that still owes results is gone (one that finished its share and
+        exited is not an error, whatever the others are still doing)."""
+        owing = {w for w, _ in pending.values()}
+        dead = [w for w in owing if not procs[w].is_alive()]
+        if dead:
+            drain()  # what it sent before it went
+            for w in dead:
+                if any(o == w for o, _ in pending.values()):
+                    raise RuntimeError(f"pre-flight worker {procs[w].pid} died (exit code {procs[w].exitcode})")
+
+    def take(chunk_id: int, out, checked) -> None:
+        if out is None:
+            raise RuntimeError(f"pre-flight worker failed:\n{checked}")
+        results.add(out, checked)
+        bar.update(pending.pop(chunk_id)[1])
+
+    def drain() -> None:
+        while pending:
+            try:
+                take(*outbox.get(block=False))
+            except queue.Empty:
+                return
 
     def collect(block: bool) -> None:
         while pending:
             try:
-                chunk_id, out, checked = outbox.get(block=block, timeout=1.0)
+                item = outbox.get(block=block, timeout=1.0)
             except queue.Empty:
-                dead = [p for p in procs if not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"pre-flight worker {dead[0].pid} died (exit code {dead[0].exitcode})") from None
+                check_alive()
                 if not block:
                     return
                 continue
-            if out is None:
-                raise RuntimeError(f"pre-flight worker failed:\n{checked}")
-            results.add(out, checked)
-            bar.update(pending.pop(chunk_id))
+            take(*item)
 
-    def send(w: int, items: list) -> None:
-        chunk_id = next(ids)
-        pending[chunk_id] = len(items)
-        task = (chunk_id, items)
+    def put(w: int, task) -> None:
         while True:
             try:
                 inboxes[w].put(task, timeout=1.0)
@@ -242,6 +258,11 @@ def _run(stream: RecordStream, check: Checker, workers: int, results: _Results, 
                 collect(block=False)
                 if not procs[w].is_alive():
                     raise RuntimeError(f"pre-flight worker {procs[w].pid} died (exit code {procs[w].exitcode})") from None
+
+    def send(w: int, items: list) -> None:
+        chunk_id = next(ids)
+        pending[chunk_id] = (w, len(items))
+        put(w, (chunk_id, items))
 
     try:
         buffers: list[list] = [[] for _ in range(workers)]
@@ -263,8 +284,8 @@ def _run(stream: RecordStream, check: Checker, workers: int, results: _Results, 
             if items:
                 send(w, items)
         bar.total = total
-        for inbox in inboxes:
-            inbox.put(None)
+        for w in range(workers):
+            put(w, None)
         collect(block=True)
         return total
     finally:

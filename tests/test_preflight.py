@@ -231,3 +231,23 @@ def test_check_data_passes_names_the_cache_and_refuses_an_unknown_level(dataset,
     bad_level = TrainConfig.from_dict({**tiny_values, "check_images": "decod"})
     checks, _ = check_data(bad_level, None, "no model")
     assert checks[0].status == FAILED and "--check_images 'decod': use one of exists, open, verify, decode" in checks[0].detail
+
+
+def test_a_worker_that_finished_its_share_is_no_failure_while_another_still_works(tmp_path, processor, monkeypatch):
+    """Worker 0 ends (its share done) while worker 1 spends > 1 s on its last chunk: the run waits
+    for it instead of reporting worker 0 as dead."""
+    import llava_core.preflight as pf
+
+    data = tmp_path / "text.json"
+    data.write_text(json.dumps([{"id": i, "conversations": conv(image=False)} for i in range(600)]))  # round-robin: 300 each
+    slow = pf._check_chunk
+
+    def check_chunk(check, items):
+        if any(g == 599 for g, *_ in items):  # worker 1's last chunk
+            time.sleep(2.5)
+        return slow(check, items)
+
+    monkeypatch.setattr(pf, "_check_chunk", check_chunk)  # inherited by the forked workers
+    proc, n = processor
+    report = preflight(str(data), Encoder(proc.tokenizer, "vicuna_v1", n, 256), None, workers=2, cache=False, progress=False)
+    assert report.total == 600 and len(report.good) == 600 and not report.problems
