@@ -19,7 +19,6 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,7 @@ import cloudpickle
 
 from cluster.launch import JobHandle, LaunchSpec, read_record, write_record
 from cluster.local_executor import STOP_GRACE_ENV, failed_ranks, rank_exits, read_state, stop_grace_s
-from cluster.runtime import CANCEL_FILE, RankContext, RankTask, atomic_write_bytes, atomic_write_text
+from cluster.runtime import CANCEL_FILE, RankContext, RankTask, atomic_write_bytes, atomic_write_text, utc_now
 
 DEFAULT_IMAGES = {"cuda": "llava-cluster:cuda", "rocm": "llava-cluster:rocm", "dcu": "llava-cluster:dcu",
                   "cpu": "llava-cluster:cuda"}
@@ -38,10 +37,6 @@ SHM_SIZE = "16g"
 """/dev/shm of the container: DataLoader workers pass batches through it (64 MB -> bus errors)."""
 PASS_ENV = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", STOP_GRACE_ENV)
 """Variables copied from the submitting environment when set."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def host_platform() -> str:
@@ -163,7 +158,7 @@ class DockerExecutor:
             "container_name": request["name"], "image": request["image"], "name": spec.name,
             "nodes": 1, "gpus_per_node": spec.gpus_per_node, "world_size": spec.world_size,
             "platform": platform, "max_requeues": spec.max_requeues,
-            "result_path": str(ctx.result_path), "submitted": _now(),
+            "result_path": str(ctx.result_path), "submitted": utc_now(),
         })
         with open(spec.job_dir / "docker" / "follower.log", "ab") as log:
             subprocess.Popen([sys.executable, "-m", "cluster.docker_executor", "follow", str(spec.job_dir)],
@@ -229,7 +224,7 @@ def follow(job_dir: Path) -> int:
             log.flush()
     code = container.wait()["StatusCode"]
     atomic_write_text(job_dir / "docker" / "exit.json",
-                      json.dumps({"exit_code": code, "ended": _now()}) + "\n")
+                      json.dumps({"exit_code": code, "ended": utc_now()}) + "\n")
     container.remove()
     return code
 

@@ -34,7 +34,7 @@ from cluster import platform as platforms
 from cluster.launch import JobHandle, LaunchSpec, write_record
 from cluster.runtime import (CANCEL_FILE, REQUEUE_EXIT_CODE, RESERVE_FILE, RESTART_ENV, RankContext,
                              RankTask, atomic_write_bytes, atomic_write_text, disk_full, load_pickle,
-                             make_reserve,                              disk_full, release_reserve)
+                             make_reserve, release_reserve, utc_now)
 
 STATE_FILE = "state.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -47,10 +47,6 @@ FAIL_GRACE_S = 10
 _POLL_S = 0.05
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _alive(pid: int) -> bool:
@@ -126,7 +122,7 @@ class LocalExecutor:
             "executor": "local", "job_id": job_id, "name": spec.name, "supervisor_pid": proc.pid,
             "nodes": 1, "gpus_per_node": spec.gpus_per_node, "world_size": spec.world_size,
             "platform": spec.platform, "max_requeues": spec.max_requeues,
-            "result_path": str(ctx.result_path), "submitted": _now(),
+            "result_path": str(ctx.result_path), "submitted": utc_now(),
         })
         return JobHandle(job_id=job_id, executor="local", job_dir=spec.job_dir)
 
@@ -161,7 +157,7 @@ class LocalExecutor:
             _signal_groups(ranks, signal.SIGKILL)
             _wait_gone(ranks, 10)
         if ranks or state["state"] in ("PENDING", "RUNNING"):
-            _write_state(job_dir, {**state, "state": "CANCELLED", "ended": _now(), "reason": why + (
+            _write_state(job_dir, {**state, "state": "CANCELLED", "ended": utc_now(), "reason": why + (
                 f"; ended the process groups of ranks with pids {ranks}" if ranks else "")})
 
 
@@ -233,7 +229,7 @@ def supervise(job_dir: Path, nprocs: int) -> int:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_stop)
-    state = {"state": "RUNNING", "started": _now(), "restarts": 0, "pids": [], "returncodes": []}
+    state = {"state": "RUNNING", "started": utc_now(), "restarts": 0, "pids": [], "returncodes": []}
     while True:
         if stop:
             break
@@ -255,19 +251,19 @@ def supervise(job_dir: Path, nprocs: int) -> int:
         if stop:
             break
         if all(c == 0 for c in codes):
-            state.update(state="COMPLETED", ended=_now())
+            state.update(state="COMPLETED", ended=utc_now())
         elif all(c in (0, REQUEUE_EXIT_CODE) for c in codes) and state["restarts"] < ctx.max_requeues:
             state["restarts"] += 1
             print(f"[supervisor] ranks stopped for a requeue: restart {state['restarts']}", flush=True)
             continue
         else:
             full = disk_full(job_dir)
-            state.update(state="FAILED", ended=_now(), **({"reason": full} if full else {}))
+            state.update(state="FAILED", ended=utc_now(), **({"reason": full} if full else {}))
         _write_state(job_dir, state)
         return 0 if state["state"] == "COMPLETED" else 1
     marker = job_dir / "local" / CANCEL_FILE
     by = marker.read_text().strip() if marker.exists() else f"{signal.Signals(stop[0]).name} to the supervisor"
-    state.update(state="CANCELLED", ended=_now(), reason=f"stopped by {by}")
+    state.update(state="CANCELLED", ended=utc_now(), reason=f"stopped by {by}")
     _write_state(job_dir, state)
     return 1
 

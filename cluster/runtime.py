@@ -181,7 +181,7 @@ class RankTask:
             raise
         if rank == 0:
             atomic_write_bytes(ctx.result_path, cloudpickle.dumps(result))
-        print(f"[cluster] rank {rank} finished at {_now()}", flush=True)
+        print(f"[cluster] rank {rank} finished at {utc_now()}", flush=True)
         exit_without_teardown()
 
 
@@ -205,7 +205,8 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now in UTC, as the job records write it (2026-12-02T15:04:05Z)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -276,7 +277,7 @@ def _redirect_output(log: Path, rank: int) -> None:
     print(
         f"host={socket.gethostname()} rank={rank} world_size={os.environ['WORLD_SIZE']} "
         f"local_rank={os.environ.get('LOCAL_RANK')} master={os.environ.get('MASTER_ADDR')}:"
-        f"{os.environ.get('MASTER_PORT')} job={job} restart={restart_count()} start={_now()} pid={os.getpid()}",
+        f"{os.environ.get('MASTER_PORT')} job={job} restart={restart_count()} start={utc_now()} pid={os.getpid()}",
         flush=True,
     )
 

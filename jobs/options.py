@@ -7,7 +7,6 @@ this module's job options. An unknown flag is an error naming the closest valid 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ import yaml
 from transformers import TrainingArguments
 
 from cluster.launch import launch_option_names
-from llava_core.config import TrainConfig, unknown_key_message
+from llava_core.config import TrainConfig, did_you_mean, unknown_key_message
 from llava_core.run_config import read_run_config
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -74,8 +73,7 @@ def load_preset(name: str, job: str | None = None) -> dict[str, Any]:
             return load_yaml(path, "--preset")
     if Path(name).is_file():
         return load_yaml(name, "--preset")
-    close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; shipped: {', '.join(preset_names())}"
+    hint = did_you_mean(name, preset_names(), prefix="", cutoff=0.5) or f"; shipped: {', '.join(preset_names())}"
     raise ValueError(f"--preset {name!r}: no such preset{hint}")
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 from llava_core.conversation import PROMPT_VERSIONS
 
@@ -256,11 +256,15 @@ def typed_from_dict(cls: type[T], values: dict[str, Any]) -> T:
     return cls(**{k: coerce(v, hints[k], k) for k, v in values.items()})
 
 
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "--", cutoff: float = 0.6) -> str:
+    """'; did you mean --y, --z?' for the choices close to ``word``; '' when none is."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+
+
 def unknown_key_message(key: str, valid: set[str] | list[str]) -> str:
     """'unknown flag --x; did you mean --y, --z?'"""
-    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
-    return f"unknown flag --{key}{hint}"
+    return f"unknown flag --{key}{did_you_mean(key, valid)}"
 
 
 def coerce(value: Any, hint: Any, name: str) -> Any:

@@ -23,7 +23,6 @@ logged under the plain names. Not logged: TRL's/HA-DPO's ``logits/*`` and TRL's
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ from llava_core.config import DPO_LOSS_TYPES as LOSS_TYPES
 from llava_core.config import DPOConfig, TrainConfig
 from llava_core.data import IGNORE_INDEX, Encoder, ImageLoader, n_image_tokens
 from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
+from llava_core.io import atomic_file
 from llava_core.train import LlavaTrainer, TrainResult, run_training
 
 REFERENCE_FILE = "reference_logps.pt"
@@ -151,10 +151,8 @@ class DPOTrainer(LlavaTrainer):
                                     "the reference log-probs cannot be recomputed from a trained policy")
         self._reference = self._compute_reference(model)
         if self.args.process_index == 0:
-            tmp = path.with_suffix(".tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self._reference, tmp)
-            os.replace(tmp, path)
+            with atomic_file(path) as tmp:
+                torch.save(self._reference, tmp)
 
     def _compute_reference(self, model) -> dict[int, tuple[float, float]]:
         """Every rank scores pairs ``rank::world`` (padded so all ranks run the same number of

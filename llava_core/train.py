@@ -36,7 +36,7 @@ from llava_core.data import (
     validate,
 )
 from llava_core.freeze import apply_freeze_plan, format_report, parameter_report, plan_name
-from llava_core.io import append_jsonl, atomic_write_json, read_jsonl
+from llava_core.io import append_jsonl, atomic_file, atomic_write_json, read_jsonl
 from llava_core.model import build_model, load_llava, load_processor, projector_state_llava_format
 from llava_core.packing import PackingCollator, packed_causal_lm_loss
 from llava_core.speed import apply_fast_path
@@ -390,10 +390,14 @@ def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], boo
     if stop and stop.stopped:
         return TrainResult("interrupted", step, str(out))
 
-    final = save_final(trainer, cfg, processor)
+    skipped = getattr(dataset, "load_failures", 0)
+    final = save_final(trainer, cfg, processor, skipped)
     if is_main():
         write_loss_plot(out / "metrics.jsonl", out / "loss.png")
-    return TrainResult("completed", step, str(out), str(final), dict(result.metrics))
+        if skipped:
+            print(f"{skipped} samples failed to load and were skipped (--on_bad_sample skip): "
+                  f"{out / 'skipped_at_load.jsonl'} names them", flush=True)
+    return TrainResult("completed", step, str(out), str(final), {**result.metrics, "skipped_at_load": skipped})
 
 
 def _barrier() -> None:
@@ -401,8 +405,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_final(trainer: Trainer, cfg: TrainConfig, processor) -> Path:
-    """Write ``final/`` (HF format) atomically; stage 1 also ``mm_projector.bin``; LoRA also ``adapter/``."""
+def save_final(trainer: Trainer, cfg: TrainConfig, processor, skipped_at_load: int = 0) -> Path:
+    """Write ``final/`` (HF format) atomically; stage 1 also ``mm_projector.bin``; LoRA also
+    ``adapter/``; then ``train_done.json`` (the step, ``final``, the samples skipped at load time)."""
     out = Path(cfg.output_dir)
     final = out / "final"
     tmp = out / (".adapter.tmp" if cfg.lora_enable else ".final.tmp")
@@ -425,9 +430,10 @@ def save_final(trainer: Trainer, cfg: TrainConfig, processor) -> Path:
         if cfg.tune_mm_mlp_adapter:
             saved = load_llava(final)
             state = projector_state_llava_format(saved)
-            torch.save(state, out / ".mm_projector.bin.tmp")
-            os.replace(out / ".mm_projector.bin.tmp", out / "mm_projector.bin")
-        atomic_write_json(out / "train_done.json", {"global_step": trainer.state.global_step, "final": str(final)})
+            with atomic_file(out / "mm_projector.bin") as tmp:
+                torch.save(state, tmp)
+        atomic_write_json(out / "train_done.json", {"global_step": trainer.state.global_step, "final": str(final),
+                                                   "skipped_at_load": skipped_at_load})
     _barrier()
     return final
 
@@ -449,10 +455,9 @@ def write_loss_plot(metrics: Path, png: Path) -> None:
     ax.set_title(png.parent.name)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png.with_name(".loss.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 def read_metrics(output_dir: str | Path) -> list[dict]:
