@@ -12,8 +12,9 @@ import cloudpickle
 import pytest
 
 from cluster import launch
-from tests.docker.engine import (CI_COMPOSE, CI_IMAGES, PROFILES, build_image, docker_env,  # noqa: F401
-                                 docker_tools, run)
+from cluster.local_executor import STOP_GRACE_ENV
+from tests.docker.engine import (CI_COMPOSE, CI_IMAGES, PROFILES, SECRET_SENTINEL, build_image,  # noqa: F401
+                                 docker_env, docker_tools, run)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -124,6 +125,7 @@ def test_docker_executor_cancel(images: dict[str, float], docker_env: dict[str, 
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", docker_env["DOCKER_HOST"])
     monkeypatch.setenv("LLAVA_DOCKER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(STOP_GRACE_ENV, "3")  # the sleeper never reaches a step boundary: killed after it
     handle = launch.submit(_sleep_job, _spec(tmp_path, "sleeper", 1))
     deadline = time.monotonic() + 120
     while launch.job_state(handle.job_dir)["state"] != "RUNNING":
@@ -185,7 +187,16 @@ def test_compose_run_trains_any_job_in_the_dcu_image(demo_workdir: Path, docker_
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_index_urls_stay_out_of_the_image_history(profile: str, images: dict[str, float],
                                                   docker_env: dict[str, str]) -> None:
+    """The stack is installed in a BuildKit step (the secret is mounted for that step only; BuildKit
+    does not record mounts) and neither the secret's host nor index variables reach the history or
+    the image's environment."""
     history = run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", CI_IMAGES[profile]],
                   docker_env).stdout
-    assert "--mount=type=secret,id=pip-index" in history
-    assert not any(name in history for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL"))
+    env = run(["docker", "image", "inspect", "--format", "{{json .Config.Env}}", CI_IMAGES[profile]],
+              docker_env).stdout
+    assert any("install-stack.sh /opt/llava/lock.txt" in line and line.endswith("# buildkit")
+               for line in history.splitlines()), history[-2000:]
+    for text in (history, env):
+        assert SECRET_SENTINEL not in text
+        assert not any(name in text for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST",
+                                                 "TORCH_INDEX_URL"))

@@ -56,7 +56,8 @@ def test_a_rank_killed_without_traceback_is_named_with_its_signal_and_log(tmp_pa
     assert "about to abort" in str(failed.value) and "rank 0 exited" not in str(failed.value)
 
 
-def test_cancel_stops_all_processes(tmp_path):
+def test_cancel_stops_all_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVA_STOP_GRACE_S", "3")  # Sleep never reaches a step boundary: killed after it
     handle = submit(Sleep(300), _spec(tmp_path, "cancel"))
     log = handle.job_dir / "logs" / "rank1.log"
     deadline = time.monotonic() + 60

@@ -21,6 +21,9 @@ CI_COMPOSE = ["-f", "compose.yaml", "-f", "docker/compose.ci.yaml"]
 PROFILES = {"cuda": "train", "rocm": "train-rocm", "dcu": "train-dcu"}
 """Compose profile -> its service."""
 CI_IMAGES = {p: f"llava-cluster:{p}-ci" for p in PROFILES}
+CI_PIP_INDEX = Path(__file__).with_name("pip-index.ci.env")
+"""The builds' pip-index secret; its host must stay out of the images."""
+SECRET_SENTINEL = "pip-index-secret.invalid"
 DOCKERFILES = [ROOT / "Dockerfile", *sorted(ROOT.glob("docker/*.Dockerfile"))]
 
 
@@ -69,5 +72,5 @@ def build_image(env: dict[str, str], profile: str) -> float:
     """``docker compose build`` the CI image of ``profile``; returns the seconds it took."""
     start = time.monotonic()
     run(["docker", "compose", *CI_COMPOSE, "--profile", profile, "build", PROFILES[profile]],
-        dict(env, VCS_REF="test"), timeout=1800)
+        dict(env, VCS_REF="test", LLAVA_PIP_INDEX=str(CI_PIP_INDEX)), timeout=1800)
     return time.monotonic() - start
