@@ -157,6 +157,7 @@ def train(folder: Path, bits: int, steps: int, batch: int, text_tokens: int) -> 
     model, _ = build_model(cfg)
     model.config.use_cache = False
     model = apply_freeze_plan(model, cfg).to(DEVICE)
+    model.train()  # from_pretrained returns eval mode: no checkpointing (HF layers check .training), no LoRA dropout
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     load_s = time.perf_counter() - start
