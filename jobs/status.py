@@ -77,6 +77,10 @@ def describe(job_dir: Path) -> str:
         f"submitted  {info.get('submitted')}",
         f"logs       {job_dir / 'logs'}",
     ]
+    skipped = job_dir / "skipped_at_load.jsonl"
+    if skipped.exists():
+        count = sum(1 for line in skipped.read_text().splitlines() if line.strip())
+        lines.insert(6, f"skipped    {count} samples failed to load (--on_bad_sample skip): {skipped}")
     if info.get("cause"):
         lines += ["", "cause:", info["cause"].rstrip()]
     if info.get("steps"):

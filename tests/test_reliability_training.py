@@ -46,24 +46,30 @@ def test_resume_skips_a_torn_checkpoint_and_matches_an_uninterrupted_run(tiny_va
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_images_broken_after_validation_are_skipped_and_counted_in_the_summary(tiny_values, tmp_path, capsys):
+def test_images_broken_after_validation_are_skipped_and_counted_in_the_summary(tiny_values, tmp_path):
+    import functools
     import shutil
 
+    from cluster.launch import LaunchSpec, submit
+    from jobs.status import describe
     from llava_core.data import load_records
     from llava_core.train import validate_data
 
     images = tmp_path / "images"
     shutil.copytree(tiny_values["image_folder"], images)
-    values = {**tiny_values, "image_folder": str(images), "on_bad_sample": "skip"}
-    cfg = _cfg(values, tmp_path / "run")
+    job_dir = tmp_path / "run"
+    cfg = _cfg({**tiny_values, "image_folder": str(images), "on_bad_sample": "skip"}, job_dir)
     report = validate_data(cfg, cache=False)
     broken = sorted({name for r in load_records(cfg.data_path) for name in r.images})[::2]
     for name in broken:  # a file server losing half the images after the pre-flight
         path = images / name
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-    result = train(cfg, report=report)
-    logged = (tmp_path / "run" / "skipped_at_load.jsonl").read_text().splitlines()
-    done = json.loads((tmp_path / "run" / "train_done.json").read_text())
+    handle = submit(functools.partial(train, cfg, report=report),
+                    LaunchSpec(job_dir=job_dir, name="skips", executor="local", platform="cpu"))
+    result = handle.wait(timeout=600)
+    logged = (job_dir / "skipped_at_load.jsonl").read_text().splitlines()
+    done = json.loads((job_dir / "train_done.json").read_text())
     assert result.status == "completed" and len(logged) > 0
     assert done["skipped_at_load"] == result.metrics["skipped_at_load"] == len(logged)
-    assert f"{len(logged)} samples failed to load and were skipped" in capsys.readouterr().out
+    assert f"{len(logged)} samples failed to load and were skipped" in (job_dir / "logs" / "rank0.log").read_text()
+    assert f"skipped    {len(logged)} samples failed to load (--on_bad_sample skip)" in describe(job_dir)
