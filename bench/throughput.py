@@ -516,7 +516,7 @@ def _run_in_subprocess(spec: RunSpec, out: Path, timeout_s: float | None = None)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="1b", choices=["tiny", "1b", "7b"])
-    parser.add_argument("--stages", default="stage1,stage2,lora")
+    parser.add_argument("--stages", default="stage2", help="stage1, stage2, lora (the product modes: stage2)")
     parser.add_argument("--modes", default="reference,product",
                         help="reference, product, product-nozero, product-zero2, product-mb2x; ablations: handbuilt, handbuilt-nocompile, handbuilt-padded")
     parser.add_argument("--warmup", type=int, default=5)
