@@ -14,6 +14,7 @@ KINDS = {
     "dpo": "jobs.kinds.dpo:DPO",
     "eval": "jobs.kinds.eval:EVAL",
     "demo": "jobs.kinds.demo:DEMO",
+    "serve": "jobs.kinds.serve:SERVE",
 }
 
 
