@@ -25,6 +25,8 @@ from llava_core.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.quantize import memory_line, require_quantization
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+PAGE_CSS = "#image img { width: 100%; height: 100%; object-fit: contain; }"
+"""The uploaded image fills its box (a small one, as the shapes data's 32 px, is scaled up)."""
 
 
 def _text(content: Any) -> str:
@@ -64,7 +66,7 @@ def build_app(llava, processor, fmt: str, title: str, about: str, max_new_tokens
         gr.Markdown(f"## {title}\n{about}")
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="Image", elem_id="image")
+                image = gr.Image(type="filepath", label="Image", elem_id="image", height=280)
                 temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)")
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top P")
                 max_tokens = gr.Slider(1, max(max_new_tokens, 1), value=min(256, max_new_tokens), step=1,
@@ -90,6 +92,14 @@ WILDCARD_HOSTS = ("0.0.0.0", "::")
 def node_name() -> str:
     """This node's name as the cluster knows it (Slurm's node name, else the hostname)."""
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def display_name(model: str) -> str:
+    """The page's title for ``model``: its folder, with the run's stage for a final/, adapter/ or
+    checkpoint-N/ folder (``finetune/final``)."""
+    path = Path(model).absolute()
+    generic = path.name in ("final", "adapter") or path.name.startswith("checkpoint-")
+    return f"{path.parent.name}/{path.name}" if generic else path.name
 
 
 def reach_hint(host: str, port: int, node: str | None = None) -> str:
@@ -182,12 +192,12 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 7860, version:
     llava, processor = load_on_device(model, dtype, load_in_8bit, load_in_4bit)
     memory = memory_line(llava)
     print(memory, flush=True)
-    name = Path(model).absolute().name
+    name = display_name(model)
     about = (f"`{model}` · prompt format `{version}` · {memory.removeprefix('model memory: ')} · "
              f"on {llava.device}")
     app = build_app(llava, processor, PROMPT_VERSIONS[version], f"LLaVA demo: {name}", about, max_new_tokens)
     app.queue().launch(server_name=host, server_port=int(port), prevent_thread_lock=True, quiet=True,
-                       share=False, ssr_mode=False)
+                       share=False, ssr_mode=False, css=PAGE_CSS)
     return Server(app, model, host, int(port), node_name())
 
 
