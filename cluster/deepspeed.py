@@ -16,6 +16,23 @@ CONFIG_DIR = Path(__file__).with_name("zero_configs")
 ZERO_CONFIG_NAMES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 
 
+AUTO = "auto"
+"""``--deepspeed auto``: the job chooses among the shipped configs by memory (jobs.zero_choice)."""
+
+
+def zero_config_name(stage: int, offload_optimizer: bool = False, offload_params: bool = False) -> str | None:
+    """The shipped config with this ZeRO stage and offload (None for stage 0: no DeepSpeed);
+    ValueError for a combination none ships (parameter offload is ZeRO-3's, and ships with the
+    optimizer offloaded too)."""
+    if stage == 0 and not (offload_optimizer or offload_params):
+        return None
+    name = f"zero{stage}" + ("_offload" if offload_optimizer else "")
+    if name not in ZERO_CONFIG_NAMES or offload_params != (name == "zero3_offload"):
+        raise ValueError(f"no shipped ZeRO config has stage {stage}, optimizer offload {offload_optimizer}, "
+                         f"parameter offload {offload_params} (shipped: {', '.join(ZERO_CONFIG_NAMES)})")
+    return name
+
+
 def zero_config_path(name_or_path: str | Path) -> Path:
     """The file of a shipped config (by name) or of a user's JSON file (by path)."""
     if str(name_or_path) in ZERO_CONFIG_NAMES:
