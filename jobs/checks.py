@@ -134,14 +134,40 @@ def check_projector(cfg: TrainConfig) -> Check | None:
     return Check("projector", PASSED, path)
 
 
-def check_deepspeed(cfg: TrainConfig, platform: str | None = None) -> tuple[Check | None, TrainConfig]:
+def check_deepspeed(cfg: TrainConfig, platform: str | None = None, *, located: TrainConfig | None = None,
+                    world_size: int = 1, gpu_gib: float | None = None, lengths: list[int] | None = None,
+                    ) -> tuple[Check | None, TrainConfig]:
     """A named or JSON ZeRO config that loads, and that this DeepSpeed can run on ``platform`` when
     the job names one (``--platform``, ``--cluster``); ``cfg`` with the config itself in place of
-    its name or path (resolved here, once: the ranks and config.yaml get the dict)."""
+    its name or path (resolved here, once: the ranks and config.yaml get the dict).
+
+    ``--deepspeed auto`` (jobs.zero_choice) is chosen here from the model's configs (``located``),
+    ``world_size`` GPUs of ``gpu_gib`` GiB and the samples' ``lengths``: the chosen config (None:
+    no DeepSpeed), with the estimate per option as the reason. Without ``gpu_gib`` (no GPU known
+    for the ranks) it stays ``auto`` for the ranks to choose at start, and the check says so."""
     from cluster.deepspeed import ZERO_CONFIG_NAMES, load_zero_config
+    from jobs.zero_choice import describe, is_auto, preview, resolve_auto
 
     if not cfg.deepspeed or isinstance(cfg.deepspeed, dict):
         return None, cfg
+    if is_auto(cfg.deepspeed):
+        if located is None:
+            return Check("deepspeed", SKIPPED, "auto needs the model's configs (see the model check)"), cfg
+        try:
+            if gpu_gib is None:
+                would = preview(located, world_size, lengths or (), platform)
+                return Check("deepspeed", PASSED, f"auto: chosen by the ranks at start from their GPU's memory (no GPU "
+                                                  f"known here: --gpu_gib N chooses now for N GiB cards); on "
+                                                  f"{world_size} GPU(s) it would be {would}"), dataclasses.replace(cfg, deepspeed="auto")
+            choice, resolved = resolve_auto(located, world_size, gpu_gib, lengths or (), platform)
+        except (OSError, ValueError) as e:
+            return Check("deepspeed", FAILED, f"auto: the model's configs did not load: {e}"), cfg
+        text = describe(choice, gpu_gib)
+        if not choice.fits:
+            return Check("deepspeed", FAILED, f"{text}\nmore GPUs, a smaller --per_device_train_batch_size (with more "
+                                              "--gradient_accumulation_steps) or --model_max_length, or name a config "
+                                              "(--deepspeed zero3_offload) to try anyway"), cfg
+        return Check("deepspeed", PASSED, text), dataclasses.replace(cfg, deepspeed=resolved.deepspeed)
     try:
         config = load_zero_config(cfg.deepspeed, platform)
     except ValueError as e:
@@ -232,6 +258,21 @@ def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
     return [Check("data", status, f"{what}: {first}" + (f"\n{rest}" if rest else "")), *checks], report
 
 
+def _ranks_gpu_gib(spec: LaunchSpec, job: dict[str, Any]) -> float | None:
+    """The ranks' GPU memory where the submitter knows it: ``--gpu_gib``, else this machine's GPU when
+    the ranks start on this machine (local, docker), else None (the ranks read their own)."""
+    from cluster.launch import resolve_executor
+    from llava_core.speed import local_gpu_gib
+
+    if job.get("gpu_gib"):
+        return float(job["gpu_gib"])
+    try:
+        here = resolve_executor(spec.executor) in ("local", "docker")
+    except ValueError:  # no Slurm controller answers: the launch check says so
+        here = False
+    return local_gpu_gib() if here else None
+
+
 def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict[str, Any],
                     data_check: Callable[[TrainConfig], Check] | None = None,
                     ) -> tuple[list[Check], TrainConfig, ValidationReport | None]:
@@ -248,16 +289,26 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
         model_check, located = check_models(cfg)
         checks.append(model_check)
         why = f"the tokenizer and image-token count need the model ({model_check.detail})"
-    ds_check, cfg = check_deepspeed(cfg, spec.platform)
+    from jobs.zero_choice import is_auto
+
+    auto = is_auto(cfg.deepspeed)  # chosen after the data check: it reads the samples' lengths
+    ds_check, cfg = (None, cfg) if auto else check_deepspeed(cfg, spec.platform)
     if located is not None:
         located = dataclasses.replace(located, deepspeed=cfg.deepspeed)
     checks += [c for c in (check_projector(cfg), ds_check) if c]
+    ds_at = len(checks)
     report = None
     if data_check is not None:
         checks.append(data_check(cfg))
     else:
         data_checks, report = check_data(cfg, located, why)
         checks += data_checks
+    if auto:
+        ds_check, cfg = check_deepspeed(cfg, spec.platform, located=located, world_size=procs,
+                                        gpu_gib=_ranks_gpu_gib(spec, job), lengths=report.lengths if report else None)
+        checks.insert(ds_at, ds_check)
+        if located is not None:
+            located = dataclasses.replace(located, deepspeed=cfg.deepspeed)
     checks.append(check_training_arguments(cfg))
     try:
         checks.append(Check("global batch", PASSED, check_global_batch(cfg, procs, job.get("global_batch_size")).split(": ", 1)[1]))
@@ -265,7 +316,9 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
         checks.append(Check("global batch", FAILED, str(e).split(": ", 1)[1]))
     if located is None:
         checks.append(Check("memory estimate", SKIPPED, "needs the model's configs (see the model check)"))
-    elif ds_check is None or ds_check.status != FAILED:
+    elif is_auto(cfg.deepspeed):
+        checks.append(Check("memory estimate", SKIPPED, "the ranks choose the ZeRO setup (see the deepspeed check)"))
+    elif ds_check is None or ds_check.status not in (FAILED, SKIPPED):
         try:
             line = estimate_memory_line(located, procs, report.lengths if report else [], spec.gpus_per_node,
                                         job.get("gpu_gib"))

@@ -58,14 +58,17 @@ def apply_platform(cfg: TrainConfig, platform_name: str | None) -> tuple[TrainCo
 
 def prepare_rank(cfg: TrainConfig, platform_name: str | None) -> TrainConfig:
     """The settings this rank trains with: the platform's adjustments and the models located
-    offline (the cache or a local path, no hub retries); rank 0 prints the changes and writes
+    offline (the cache or a local path, no hub retries), ``--deepspeed auto`` chosen for this rank's
+    GPU when the submit left it to the ranks; rank 0 prints the changes and writes
     ``env.json`` (host, world size, platform, git revision, versions)."""
+    from jobs.zero_choice import resolve_on_rank
     from llava_core.hub import locate_models
     from llava_core.quiet import quiet
 
     quiet()
     cfg, changes, name = apply_platform(cfg, platform_name)
     cfg = dataclasses.replace(cfg, **locate_models(vars(cfg)))
+    cfg = resolve_on_rank(cfg, name)  # --deepspeed auto left to the ranks (no GPU known at submit)
     if int(os.environ.get("RANK", "0")) == 0:
         for change in changes:
             print(f"[platform {name}] {change}", flush=True)

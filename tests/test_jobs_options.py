@@ -69,7 +69,7 @@ def test_every_shipped_preset_loads_and_validates(name):
 
 def test_llava15_presets_reproduce_the_published_recipe():
     pre, ft, lora = (train_config(resolve(f"llava15-7b-{k}", None, {}).values) for k in ("pretrain", "finetune", "lora"))
-    assert (pre.learning_rate, pre.per_device_train_batch_size, pre.deepspeed, pre.version) == (1e-3, 32, "zero2", "plain")
+    assert (pre.learning_rate, pre.per_device_train_batch_size, pre.deepspeed, pre.version) == (1e-3, 32, "auto", "plain")
     assert pre.tune_mm_mlp_adapter and not ft.tune_mm_mlp_adapter
     assert (ft.learning_rate, ft.per_device_train_batch_size, ft.image_aspect_ratio) == (2e-5, 16, "pad")
     assert ft.packing and ft.gradient_checkpointing == "auto"  # the fast path by default

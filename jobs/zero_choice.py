@@ -1,0 +1,212 @@
+"""``--deepspeed auto``: the ZeRO setup chosen from the model's sizes (its configs on disk, the
+skeleton on the meta device, no weights), the GPU count and each GPU's memory.
+
+The choice is :func:`llava_core.speed.choose_zero` over the memory estimate of ``llava_core.memory``
+(the one the ``memory estimate`` check prints); the chosen setup becomes a shipped config of
+``cluster.deepspeed`` (zero2, zero2_offload, zero3, zero3_offload) or no DeepSpeed at all. A GPU's
+memory is read through ``torch.cuda`` (CUDA, ROCm and DCU builds alike). Where the submitting machine
+cannot know the ranks' GPU (no GPU here, or the ranks start elsewhere) and ``--gpu_gib`` is not
+given, the ranks choose at start (:func:`resolve_on_rank`) and rank 0 records the choice in the run's
+``config.yaml``.
+
+The table of choices for the shipped presets (docs/slurm.md)::
+
+    python -m jobs.zero_choice --table [--presets NAME ...] [--gpus 1 8] [--gib 40 80]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cluster.deepspeed import AUTO, known_bug, load_zero_config, zero_config_name
+from llava_core.config import TrainConfig
+from llava_core.memory import JobShape
+from llava_core.speed import ZERO_OPTIONS, ZeroChoice, ZeroSetup, auto_zero_budget, choose_zero, trainable_and_frozen
+
+TABLE_PRESETS = ("llava15-7b-pretrain", "llava15-7b-finetune", "llava15-7b-lora", "llava15-13b-pretrain",
+                 "llava15-13b-finetune", "llava15-13b-lora", "hadpo-llava15-7b", "mgm-gemma-2b-pretrain",
+                 "mgm-gemma-2b-finetune")
+PREVIEW_GIB = (40.0, 80.0)
+
+
+def is_auto(deepspeed: object) -> bool:
+    """Whether a ``--deepspeed`` value asks for the automatic choice."""
+    return isinstance(deepspeed, str) and deepspeed.strip().lower() == AUTO
+
+
+def config_name(setup: ZeroSetup) -> str | None:
+    """The shipped ZeRO config of ``setup`` (None: no DeepSpeed)."""
+    return zero_config_name(setup.stage, setup.offload_optimizer, setup.offload_params)
+
+
+def model_shape(cfg: TrainConfig, world_size: int, lengths: Sequence[int] = ()) -> JobShape:
+    """The memory shape of training ``cfg`` (models located: local folders or cached snapshots) on
+    ``world_size`` ranks: the skeleton on the meta device after the freeze plan; the micro batch
+    from ``lengths`` (the validated samples), or every sample at ``model_max_length`` without them."""
+    from llava_core.freeze import apply_freeze_plan
+    from llava_core.model import skeleton
+    from llava_core.speed import job_shape
+
+    plain = dataclasses.replace(cfg, deepspeed=None)
+    model = apply_freeze_plan(skeleton(plain), plain)
+    shape = job_shape(model, plain, list(lengths) or [cfg.model_max_length])
+    return dataclasses.replace(shape, world_size=world_size,
+                               checkpointed_layers=shape.layers if cfg.gradient_checkpointing is True else 0)
+
+
+def unavailable_setups(platform: str | None) -> dict[ZeroSetup, str]:
+    """The setups whose shipped config this DeepSpeed cannot run on ``platform`` (a known bug)."""
+    out = {}
+    for setup in ZERO_OPTIONS:
+        name = config_name(setup)
+        if name and (bug := known_bug(load_zero_config(name), platform)):
+            out[setup] = f"{name}: {bug.split(':', 1)[0]}"
+    return out
+
+
+def choose(cfg: TrainConfig, world_size: int, gpu_gib: float | None, lengths: Sequence[int] = (),
+           platform: str | None = None) -> ZeroChoice:
+    """The ZeRO setup for ``cfg`` on ``world_size`` GPUs of ``gpu_gib`` GiB (None: no GPU)."""
+    return choose_for_shape(model_shape(cfg, world_size, lengths), cfg, gpu_gib, unavailable_setups(platform))
+
+
+def choose_for_shape(shape: JobShape, cfg: TrainConfig, gpu_gib: float | None,
+                     unavailable: dict[ZeroSetup, str] | None = None) -> ZeroChoice:
+    """:func:`choose` for a shape already built (:func:`model_shape`): one skeleton, many GPUs."""
+    budget = None if gpu_gib is None else auto_zero_budget(gpu_gib)
+    return choose_zero(shape, budget, auto_checkpointing=cfg.gradient_checkpointing == "auto", unavailable=unavailable)
+
+
+def describe(choice: ZeroChoice, gpu_gib: float | None) -> str:
+    """The choice as the ``deepspeed`` check prints it: the config, then the reason per option."""
+    name = config_name(choice.setup) or "none (no DeepSpeed)"
+    memory = "" if gpu_gib is None else f" of {gpu_gib:.0f} GiB ({choice.budget_gib:.1f} GiB budget)"
+    head, *options = choice.reason().splitlines()
+    return "\n".join([f"auto -> {name} for {choice.world_size} GPU(s){memory}: {head}", *options])
+
+
+def resolve_auto(cfg: TrainConfig, world_size: int, gpu_gib: float | None, lengths: Sequence[int] = (),
+                 platform: str | None = None) -> tuple[ZeroChoice, TrainConfig]:
+    """``cfg`` (models located) with ``--deepspeed auto`` replaced by the chosen config (the dict
+    itself, made for ``platform``) or None (no DeepSpeed), and the choice."""
+    choice = choose(cfg, world_size, gpu_gib, lengths, platform)
+    name = config_name(choice.setup)
+    config = load_zero_config(name, platform) if name else None
+    return choice, dataclasses.replace(cfg, deepspeed=config)
+
+
+def preview(cfg: TrainConfig, world_size: int, lengths: Sequence[int] = (), platform: str | None = None,
+            sizes: Sequence[float] = PREVIEW_GIB) -> str:
+    """What the ranks would choose on GPUs of each of ``sizes`` GiB: ``40 GiB: zero3, 80 GiB: zero2``."""
+    shape = model_shape(cfg, world_size, lengths)
+    unavailable = unavailable_setups(platform)
+    parts = []
+    for gib in sizes:
+        choice = choose_for_shape(shape, cfg, gib, unavailable)
+        parts.append(f"{gib:.0f} GiB: {config_name(choice.setup) or 'none'}" + ("" if choice.fits else " (does not fit)"))
+    return ", ".join(parts)
+
+
+def resolve_on_rank(cfg: TrainConfig, platform: str | None) -> TrainConfig:
+    """On a rank at start: ``--deepspeed auto`` resolved from this rank's GPU and ``WORLD_SIZE``
+    (the ranks of one job share one GPU model); rank 0 prints why and records the choice in the
+    run's ``config.yaml``. ``cfg`` unchanged when it names its config."""
+    from llava_core.speed import local_gpu_gib
+
+    if not is_auto(cfg.deepspeed):
+        return cfg
+    gpu_gib = local_gpu_gib()
+    choice, resolved = resolve_auto(cfg, int(os.environ.get("WORLD_SIZE", "1")), gpu_gib, (), platform)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[deepspeed] {describe(choice, gpu_gib)}", flush=True)
+        record_choice(Path(cfg.output_dir), resolved.deepspeed)
+    return resolved
+
+
+def record_choice(run_dir: Path, deepspeed: dict | None) -> None:
+    """Write the resolved ``deepspeed`` into the run's ``config.yaml`` (when the run has one)."""
+    from llava_core.io import atomic_write_text
+    from llava_core.run_config import find_run_config, read_run_config, run_config_record
+
+    file = find_run_config(run_dir)
+    if file is None or file.parent != run_dir.absolute():
+        return
+    saved = read_run_config(file)
+    if saved is None or not hasattr(saved.settings, "deepspeed"):
+        return
+    settings = dataclasses.replace(saved.settings, deepspeed=deepspeed)
+    atomic_write_text(file, run_config_record(saved.job, settings, saved.launch))
+
+
+def preset_config(name: str) -> TrainConfig:
+    """A preset's typed training settings with its models located (local cache or folders)."""
+    from jobs.checks import check_models
+    from jobs.kinds import get_kind
+    from jobs.options import resolve
+
+    kind = get_kind("dpo" if "dpo" in name else "pretrain" if name.endswith("pretrain") else "finetune")
+    settings = kind.settings(resolve(name, None, {}, kind.option_names()).values)
+    check, located = check_models(settings)
+    if located is None:
+        raise ValueError(f"--preset {name}: {check.detail}")
+    return located
+
+
+def choice_table(presets: Sequence[str] = TABLE_PRESETS, gpus: Sequence[int] = (1, 8),
+                 sizes: Sequence[float] = PREVIEW_GIB, platform: str | None = None,
+                 sample_tokens: tuple[int, int] | None = None) -> str:
+    """A Markdown table of ``--deepspeed auto``'s choice per preset and GPU count x memory: the
+    config, the predicted peak per GPU and the layers ``gradient_checkpointing: auto`` checkpoints.
+    Micro batches hold ``per_device_train_batch_size`` samples of ``sample_tokens`` tokens each
+    (stage 1, stage 2: pretrain presets take the first), or of ``model_max_length`` when None (the
+    bound used when no data report is at hand)."""
+    columns = [(n, gib) for n in gpus for gib in sizes]
+    lines = ["| preset | trainable / frozen params | " + " | ".join(f"{n} x {gib:.0f} GB" for n, gib in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    unavailable = unavailable_setups(platform)
+    for name in presets:
+        cfg = preset_config(name)
+        tokens = sample_tokens and sample_tokens[0 if cfg.tune_mm_mlp_adapter else 1]
+        shape = model_shape(cfg, 1, [min(tokens, cfg.model_max_length)] if tokens else ())
+        cells = []
+        for n, gib in columns:
+            choice = choose_for_shape(dataclasses.replace(shape, world_size=n), cfg, gib, unavailable)
+            option = next(o for o in choice.options if o.setup == choice.setup)
+            layers = f", {option.checkpointed_layers} ckpt" if option.checkpointed_layers else ""
+            host = f", host {option.host_gib:.0f} GiB" if option.host_gib is not None else ""
+            cell = f"{config_name(choice.setup) or 'none'} ({option.peak_gib:.0f} GiB{layers}{host})"
+            cells.append(cell if choice.fits else f"{cell}: does not fit")
+        trainable, frozen = trainable_and_frozen(shape)
+        lines.append(f"| {name} | {trainable / 1e9:.2f}B / {frozen / 1e9:.2f}B | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.zero_choice --table``: print the choices for the presets."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.zero_choice", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of choices")
+    parser.add_argument("--presets", nargs="+", default=list(TABLE_PRESETS))
+    parser.add_argument("--gpus", nargs="+", type=int, default=[1, 8], help="GPU counts (default 1 8)")
+    parser.add_argument("--gib", nargs="+", type=float, default=list(PREVIEW_GIB), help="GPU memory (default 40 80)")
+    parser.add_argument("--platform", default=None, help="cuda, rocm, dcu (the known DeepSpeed bugs apply)")
+    parser.add_argument("--sample-tokens", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None,
+                        help="tokens per sample of pretrain and of other presets (default: model_max_length)")
+    args = parser.parse_args(argv)
+    if not args.table:
+        parser.print_help()
+        return 2
+    try:
+        print(choice_table(args.presets, args.gpus, args.gib, args.platform,
+                           tuple(args.sample_tokens) if args.sample_tokens else None))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
