@@ -33,6 +33,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (what a tunnel through the login node
+    arrives at), or None. A UDP connect only picks the route: no packet is sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))   # TEST-NET-1
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny LLaVA run folder (final/) and one image."""
@@ -85,6 +97,10 @@ def test_serve_answers_through_gradio_client_with_an_image(tiny, server):
     url, printed = server
     assert f"serving {run_dir} at http://127.0.0.1:" in printed
     assert "ssh -N -L" in printed and "访问自定义服务" in printed and "model memory: weights" in printed
+    address = _non_loopback_address()
+    if address:   # the CLI's default 127.0.0.1: not reachable at the machine's own address
+        with pytest.raises(OSError):
+            socket.create_connection((address, int(url.rsplit(":", 1)[1].strip("/"))), timeout=5).close()
     client = Client(url, verbose=False)
     history, box = client.predict(handle_file(str(image)), QUESTION, [], 0.0, 1.0, 6, api_name="/chat")
     assert box == "" and [m["role"] for m in history] == ["user", "assistant"]
@@ -173,6 +189,9 @@ def test_serve_job_on_the_local_executor_answers_until_cancelled(tiny, tmp_path)
         history, _ = client.predict(handle_file(str(image)), QUESTION, [], 0.0, 1.0, 6, api_name="/chat")
         assert _text(history[1]) == _greedy(run_dir, image, [("user", QUESTION)], 6)
         assert job_state(job_dir)["state"] == "RUNNING"
+        address = _non_loopback_address()
+        if address:   # the job's 0.0.0.0: reachable at the node's address, where a tunnel arrives
+            socket.create_connection((address, port), timeout=5).close()
     finally:
         cancel(str(job_dir))
     state = job_state(job_dir)
