@@ -63,8 +63,8 @@ def quantized_load_kwargs(bits: int, compute_dtype: torch.dtype = torch.bfloat16
     (``LOCAL_RANK``); empty for 16. Raises ValueError where bitsandbytes cannot run."""
     if bits == 16:
         return {}
+    require_quantization(flag)  # first: transformers 4.x needs bitsandbytes to build the config
     config = bnb_config(bits, compute_dtype, double_quant, quant_type)
-    require_quantization(flag)
     return {"quantization_config": config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 

@@ -351,10 +351,6 @@ def test_serve_refuses_a_quantized_load_without_an_nvidia_gpu_before_loading(tin
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no NVIDIA GPU")
-@pytest.mark.xfail(_bnb_config_needs_bitsandbytes(), strict=True, raises=ImportError, reason=(
-    f"a known bug on the dcu stack: llava_core.quantize builds the BitsAndBytesConfig before it checks "
-    f"require_quantization, so {BNB_ON_4X.split(', and')[0]} and fails with PackageNotFoundError instead of the "
-    "NVIDIA-only ValueError (fix: require_quantization(flag) before bnb_config in quantized_load_kwargs, which QLoRA's loads share)"))
 def test_quantized_loads_are_refused_without_an_nvidia_gpu(tiny, tmp_path, capsys):
     from jobs.chat import main as chat
     from jobs.serve import serve
