@@ -1,6 +1,7 @@
 """``python -m jobs.submit JOB [--preset NAME] [--config FILE.yaml] [--FLAG VALUE ...]``
 
-JOB is a registered job kind (jobs.kinds: ``pretrain``, ``finetune``, ``dpo``, ``eval``, ``demo``).
+JOB is a registered job kind (jobs.kinds: ``pretrain``, ``finetune``, ``dpo``, ``eval``, ``demo``,
+``serve``).
 Flags are the kind's settings (for training: LLaVA's ``train.py`` names and any
 ``transformers.TrainingArguments`` field), the launcher's (``--nodes``, ``--gpus-per-node``,
 ``--executor local|slurm|docker|auto``, ``--partition``...) and the job options.
