@@ -30,8 +30,8 @@ JOB_OPTIONS = {
     "follow": "wait for the job and stream rank 0's log (default for the local executor)",
     "runs": "folder that holds job directories (default: runs)",
     "demo_assets": "generate the tiny model and shapes data and use them (the tiny preset sets it)",
-    "gpu_gib": "GPU memory per rank in GiB for the submit-time memory estimate where this machine has no GPU "
-               "(the ranks read their own)",
+    "gpu_gib": "GPU memory per rank in GiB for the submit-time memory estimate and --deepspeed auto's choice "
+               "where this machine has no GPU (else the ranks read their own and choose at start)",
 }
 
 # LLaVA / older-transformers spellings -> the names TrainConfig uses

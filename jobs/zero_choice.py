@@ -8,28 +8,20 @@ memory is read through ``torch.cuda`` (CUDA, ROCm and DCU builds alike). Where t
 cannot know the ranks' GPU (no GPU here, or the ranks start elsewhere) and ``--gpu_gib`` is not
 given, the ranks choose at start (:func:`resolve_on_rank`) and rank 0 records the choice in the run's
 ``config.yaml``.
-
-The table of choices for the shipped presets (docs/slurm.md)::
-
-    python -m jobs.zero_choice --table [--presets NAME ...] [--gpus 1 8] [--gib 40 80]
+The table of choices for the shipped presets is :mod:`jobs.zero_table`'s.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.deepspeed import AUTO, known_bug, load_zero_config, zero_config_name
 from llava_core.config import TrainConfig
 from llava_core.memory import JobShape
-from llava_core.speed import ZERO_OPTIONS, ZeroChoice, ZeroSetup, auto_zero_budget, choose_zero, trainable_and_frozen
+from llava_core.speed import ZERO_OPTIONS, ZeroChoice, ZeroSetup, auto_zero_budget, choose_zero
 
-TABLE_PRESETS = ("llava15-7b-pretrain", "llava15-7b-finetune", "llava15-7b-lora", "llava15-13b-pretrain",
-                 "llava15-13b-finetune", "llava15-13b-lora", "hadpo-llava15-7b", "mgm-gemma-2b-pretrain",
-                 "mgm-gemma-2b-finetune")
 PREVIEW_GIB = (40.0, 80.0)
 
 
@@ -140,73 +132,3 @@ def record_choice(run_dir: Path, deepspeed: dict | None) -> None:
         return
     settings = dataclasses.replace(saved.settings, deepspeed=deepspeed)
     atomic_write_text(file, run_config_record(saved.job, settings, saved.launch))
-
-
-def preset_config(name: str) -> TrainConfig:
-    """A preset's typed training settings with its models located (local cache or folders)."""
-    from jobs.checks import check_models
-    from jobs.kinds import get_kind
-    from jobs.options import resolve
-
-    kind = get_kind("dpo" if "dpo" in name else "pretrain" if name.endswith("pretrain") else "finetune")
-    settings = kind.settings(resolve(name, None, {}, kind.option_names()).values)
-    check, located = check_models(settings)
-    if located is None:
-        raise ValueError(f"--preset {name}: {check.detail}")
-    return located
-
-
-def choice_table(presets: Sequence[str] = TABLE_PRESETS, gpus: Sequence[int] = (1, 8),
-                 sizes: Sequence[float] = PREVIEW_GIB, platform: str | None = None,
-                 sample_tokens: tuple[int, int] | None = None) -> str:
-    """A Markdown table of ``--deepspeed auto``'s choice per preset and GPU count x memory: the
-    config, the predicted peak per GPU and the layers ``gradient_checkpointing: auto`` checkpoints.
-    Micro batches hold ``per_device_train_batch_size`` samples of ``sample_tokens`` tokens each
-    (stage 1, stage 2: pretrain presets take the first), or of ``model_max_length`` when None (the
-    bound used when no data report is at hand)."""
-    columns = [(n, gib) for n in gpus for gib in sizes]
-    lines = ["| preset | trainable / frozen params | " + " | ".join(f"{n} x {gib:.0f} GB" for n, gib in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
-    unavailable = unavailable_setups(platform)
-    for name in presets:
-        cfg = preset_config(name)
-        tokens = sample_tokens and sample_tokens[0 if cfg.tune_mm_mlp_adapter else 1]
-        shape = model_shape(cfg, 1, [min(tokens, cfg.model_max_length)] if tokens else ())
-        cells = []
-        for n, gib in columns:
-            choice = choose_for_shape(dataclasses.replace(shape, world_size=n), cfg, gib, unavailable)
-            option = next(o for o in choice.options if o.setup == choice.setup)
-            layers = f", {option.checkpointed_layers} ckpt" if option.checkpointed_layers else ""
-            host = f", host {option.host_gib:.0f} GiB" if option.host_gib is not None else ""
-            cell = f"{config_name(choice.setup) or 'none'} ({option.peak_gib:.0f} GiB{layers}{host})"
-            cells.append(cell if choice.fits else f"{cell}: does not fit")
-        trainable, frozen = trainable_and_frozen(shape)
-        lines.append(f"| {name} | {trainable / 1e9:.2f}B / {frozen / 1e9:.2f}B | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jobs.zero_choice --table``: print the choices for the presets."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.zero_choice", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--table", action="store_true", help="print the Markdown table of choices")
-    parser.add_argument("--presets", nargs="+", default=list(TABLE_PRESETS))
-    parser.add_argument("--gpus", nargs="+", type=int, default=[1, 8], help="GPU counts (default 1 8)")
-    parser.add_argument("--gib", nargs="+", type=float, default=list(PREVIEW_GIB), help="GPU memory (default 40 80)")
-    parser.add_argument("--platform", default=None, help="cuda, rocm, dcu (the known DeepSpeed bugs apply)")
-    parser.add_argument("--sample-tokens", nargs=2, type=int, metavar=("STAGE1", "STAGE2"), default=None,
-                        help="tokens per sample of pretrain and of other presets (default: model_max_length)")
-    args = parser.parse_args(argv)
-    if not args.table:
-        parser.print_help()
-        return 2
-    try:
-        print(choice_table(args.presets, args.gpus, args.gib, args.platform,
-                           tuple(args.sample_tokens) if args.sample_tokens else None))
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

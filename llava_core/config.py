@@ -163,7 +163,8 @@ class TrainConfig:
     """The run's name in wandb/TensorBoard."""
     deepspeed: str | dict | None = None
     """ZeRO config: the config itself (jobs.submit resolves zero2, zero2_offload, zero3, zero3_offload
-    or a JSON path to it once, at submit), or a JSON path when called as a library."""
+    or a JSON path to it once, at submit; ``auto``: chosen by memory, jobs.zero_choice), or a JSON
+    path when called as a library."""
     seed: int = 42
     """Seed of the new weights, the data order and dropout."""
     optim: str = "adamw_torch"

@@ -65,13 +65,15 @@ def hub_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def shapes(hub_cache) -> dict[str, JobShape]:
     """The memory shape of each table preset on one GPU (skeletons built once)."""
-    from jobs.zero_choice import TABLE_PRESETS, model_shape, preset_config
+    from jobs.zero_choice import model_shape
+    from jobs.zero_table import TABLE_PRESETS, preset_config
 
     return {name: model_shape(preset_config(name), 1, [SAMPLE_TOKENS[name.endswith("pretrain")]]) for name in TABLE_PRESETS}
 
 
 def _choose(shapes, preset: str, gpus: int, gib: float) -> str:
-    from jobs.zero_choice import choose_for_shape, config_name, preset_config
+    from jobs.zero_choice import choose_for_shape, config_name
+    from jobs.zero_table import preset_config
 
     choice = choose_for_shape(dataclasses.replace(shapes[preset], world_size=gpus), preset_config(preset), gib)
     return (config_name(choice.setup) or "none") + ("" if choice.fits else " (no fit)")
@@ -135,7 +137,7 @@ def test_zero_setup_keeps_its_signature_and_answers():
 
 
 def test_the_table_lists_every_preset_and_size(hub_cache):
-    from jobs.zero_choice import choice_table
+    from jobs.zero_table import choice_table
 
     table = choice_table(("llava15-7b-finetune", "llava15-7b-pretrain"), (1, 8), (40, 80))
     lines = table.splitlines()
@@ -145,7 +147,7 @@ def test_the_table_lists_every_preset_and_size(hub_cache):
 
 def test_the_gpu_presets_default_to_auto():
     from jobs.options import load_preset
-    from jobs.zero_choice import TABLE_PRESETS
+    from jobs.zero_table import TABLE_PRESETS
 
     assert all(load_preset(name)["deepspeed"] == "auto" for name in TABLE_PRESETS)
 
