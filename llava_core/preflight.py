@@ -11,6 +11,7 @@ mtime. An unchanged dataset so re-validates in the time of hashing its files.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -208,8 +209,12 @@ def _run(stream: RecordStream, check: Checker, workers: int, results: _Results, 
     inboxes = [ctx.Queue(maxsize=8) for _ in range(workers)]
     outbox = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(check, inbox, outbox), daemon=True) for inbox in inboxes]
-    for p in procs:
-        p.start()
+    gc.freeze()  # what exists now is left alone by the workers' garbage collections: its pages stay shared after the fork
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        gc.unfreeze()
     bar = _progress(progress)  # after the forks (its monitor thread)
     pending: dict[int, tuple[int, int]] = {}  # chunk -> (worker, records)
     ids = itertools.count()
