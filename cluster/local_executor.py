@@ -117,6 +117,11 @@ class LocalExecutor:
                  str(spec.gpus_per_node)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
+        # Popen may return while the child's /proc cmdline is still empty (vfork before exec):
+        # until it names the job, state() would take the supervisor for a dead one
+        deadline = time.monotonic() + 30
+        while not is_rank_process(proc.pid, spec.job_dir) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
         job_id = f"local-{proc.pid}"
         write_record(spec.job_dir, {
             "executor": "local", "job_id": job_id, "name": spec.name, "supervisor_pid": proc.pid,
