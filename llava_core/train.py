@@ -156,7 +156,8 @@ class LlavaTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict=state_dict)
-        if self.processing_class is not None:  # checkpoints readable by both library stacks
+        # the writer alone: the other ranks' copies raced rank 0's writes and fsync walk of the folder
+        if self.processing_class is not None and self.args.should_save:  # readable by both library stacks
             save_portable(self.processing_class, output_dir or self.args.output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
