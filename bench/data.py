@@ -17,8 +17,8 @@ Stage 1 (LCS-558K captions, `plain` format): image + one caption of 5-60 tokens.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bench.models import ModelSpec
-from llava_core.data import IGNORE_INDEX
+from llava_core.data.encoding import IGNORE_INDEX
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)

@@ -1,6 +1,6 @@
 """Inference in bf16 / 8-bit / 4-bit and LoRA against QLoRA training, on one GPU, through the
-product's loading paths (``llava_core.inference.load_on_device``, ``llava_core.model.build_model`` +
-``llava_core.freeze.apply_freeze_plan``).
+product's loading paths (``llava_core.model.inference.load_on_device``, ``llava_core.model.build.build_model`` +
+``llava_core.model.freeze.apply_freeze_plan``).
 
     python -m bench.inference_quant --model 7b --out DIR [--work /tmp/llava-bench]
 
@@ -93,9 +93,9 @@ def infer(folder: Path, bits: int, new_tokens: int) -> dict[str, Any]:
     """Load ``folder`` the way chat and serve do, in ``bits``, and time greedy generation."""
     from PIL import Image
 
-    from llava_core.conversation import PROMPT_VERSIONS
-    from llava_core.inference import chat_prompt, load_on_device
-    from llava_core.quantize import memory_line
+    from llava_core.data.conversation import PROMPT_VERSIONS
+    from llava_core.model.inference import chat_prompt, load_on_device
+    from llava_core.model.quantize import memory_line
 
     start = time.perf_counter()
     model, processor = load_on_device(folder, "auto", bits == 8, bits == 4)
@@ -148,8 +148,8 @@ def _decode_forward_ms(model, inputs: dict[str, torch.Tensor], steps: int = 32) 
 def train(folder: Path, bits: int, steps: int, batch: int, text_tokens: int) -> dict[str, Any]:
     """A few LoRA (``bits`` 16) or QLoRA (4) steps built the way a training job builds the model."""
     from llava_core.config import TrainConfig
-    from llava_core.freeze import apply_freeze_plan, parameter_report
-    from llava_core.model import build_model
+    from llava_core.model.build import build_model
+    from llava_core.model.freeze import apply_freeze_plan, parameter_report
 
     cfg = TrainConfig(model_name_or_path=str(folder), lora_enable=True, lora_r=128, lora_alpha=256, bits=bits,
                       bf16=True, gradient_checkpointing=True, per_device_train_batch_size=batch)

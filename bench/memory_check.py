@@ -15,7 +15,7 @@ import torch
 from bench.data import SyntheticLlavaDataset
 from bench.models import SPECS, build_llava, parameter_counts
 from bench.throughput import RunSpec, _freeze, _job_shape, _step_shapes
-from llava_core.memory import estimate_peak_memory
+from llava_core.train.memory import estimate_peak_memory
 
 PACKED_MODES = ("handbuilt", "ours")
 """The hand-assembled mode with packing (``ours`` in results files before the product mode)."""

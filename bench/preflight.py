@@ -1,4 +1,4 @@
-"""Benchmark of the pre-flight (``llava_core.preflight``) on a generated LLaVA-665K-like dataset.
+"""Benchmark of the pre-flight (``llava_core.data.preflight``) on a generated LLaVA-665K-like dataset.
 
     python -m bench.preflight --out bench/results/preflight-<machine>.json   # 665K records, 20K JPEGs
     python -m bench.preflight --smoke                                         # seconds: 2,000 records, 60 JPEGs (CI)
@@ -248,8 +248,8 @@ def measure(paths: dict[str, str], workers: int, cache: str | None) -> dict:
     """One ``validate_data`` in this process: seconds, CPU seconds of this process and of its
     workers, what it found. No thread here: the memory is sampled from outside (:func:`run_one`)."""
     from llava_core.config import TrainConfig
-    from llava_core.model import load_processor
-    from llava_core.train import validate_data
+    from llava_core.model.build import load_processor
+    from llava_core.train.supervised import validate_data
 
     cfg = TrainConfig(model_name_or_path=paths["llm"], vision_tower=paths["vision"], data_path=paths["data"],
                       image_folder=paths["images"], model_max_length=2048)
@@ -332,7 +332,7 @@ def run_one(paths: dict[str, str], workers: int, cache: str | None, timeout: flo
 def decode_ms(images: str, n: int) -> dict:
     """Milliseconds per ``check_image(..., "decode")`` on one core, files already in the page cache,
     over ``n`` files spread over the folders; and their mean size."""
-    from llava_core.data import check_image
+    from llava_core.data.validation import check_image
 
     every = sorted(Path(images).rglob("*.jpg"))[1:]  # the first is the truncated one
     files = every[::max(1, len(every) // n)][:n]

@@ -114,7 +114,7 @@ def _freeze(model: torch.nn.Module, stage: str) -> torch.nn.Module:
 
 
 def _job_shape(spec, counts: dict[str, int], model_spec, tokens: int, logit_tokens: int, images: int, lora: int, plan: dict):
-    from llava_core.memory import JobShape
+    from llava_core.train.memory import JobShape
 
     return JobShape(
         vision_params=counts["vision"], projector_params=counts["projector"], llm_params=counts["llm"],
@@ -159,9 +159,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     from bench.data import SyntheticLlavaDataset, padded_collate
     from bench.models import SPECS, build_llava, parameter_counts
     from llava_core.compat import sequential_sampling_kwargs, warmup_kwargs
-    from llava_core.memory import checkpointed_layers_needed, estimate_peak_memory
-    from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
-    from llava_core.speed import checkpoint_layers, compile_decoder_layers, zero_setup
+    from llava_core.train.fast_path import checkpoint_layers, compile_decoder_layers
+    from llava_core.train.memory import checkpointed_layers_needed, estimate_peak_memory
+    from llava_core.train.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
+    from llava_core.train.zero_choice import zero_setup
 
     if spec.mode in PRODUCT_MODES:
         return run_product(spec)
@@ -382,9 +383,10 @@ def run_product(spec: RunSpec) -> dict[str, Any]:
     from transformers import AutoConfig, LlavaForConditionalGeneration
 
     import jobs.submit
-    import llava_core.train
+    import llava_core.train.loop
     from bench.models import parameter_counts
     from llava_core.io import read_jsonl
+    from llava_core.train.supervised import validate_data
 
     cuda = spec.device == "cuda"
     _set_single_process_env()
@@ -404,16 +406,16 @@ def run_product(spec: RunSpec) -> dict[str, Any]:
         seen["fast_path"] = real_fast_path(*args, **kwargs)
         return seen["fast_path"]
 
-    real_fast_path = llava_core.train.apply_fast_path
+    real_fast_path = llava_core.train.loop.apply_fast_path
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with mock.patch.object(jobs.submit, "submit", submit), mock.patch.object(llava_core.train, "apply_fast_path", fast_path):
+    with mock.patch.object(jobs.submit, "submit", submit), mock.patch.object(llava_core.train.loop, "apply_fast_path", fast_path):
         done = jobs.submit.submit_job("finetune", wait=True, **flags)
     peak = torch.cuda.max_memory_allocated() / 1024**3 if cuda else float("nan")
 
     cfg, report = seen["task"].cfg, seen["task"].report
     if report is None:  # the submit's pre-flight had no lengths: measure them as the ranks would
-        report = llava_core.train.validate_data(cfg)
+        report = validate_data(cfg)
     size = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     lengths = [report.lengths[i] for i in range(len(report.good))]  # dataset order = file order (sequential)
     logged = {r["step"]: r for r in read_jsonl(job_dir / "metrics.jsonl") if "loss" in r}
@@ -426,7 +428,7 @@ def run_product(spec: RunSpec) -> dict[str, Any]:
         counts = parameter_counts(LlavaForConditionalGeneration(AutoConfig.from_pretrained(Path(done.result.final_dir))))
     flops = 2 * counts["vision"] * 577 * images + 6 * counts["projector"] * 576 * images + 6 * counts["llm_no_embed"] * tokens
     losses = [float(logged[s]["loss"]) for s in range(1, steps + 1)]
-    from llava_core.speed import deepspeed_zero
+    from llava_core.train.memory import deepspeed_zero
 
     zero_stage, offload = deepspeed_zero(cfg.deepspeed)
     fast = seen.get("fast_path", {})
@@ -459,7 +461,7 @@ def loader_rate(model: str, stage: str, batch: int, workers: int, batches: int =
 
     from bench.data import SyntheticLlavaDataset
     from bench.models import SPECS
-    from llava_core.packing import PackingCollator
+    from llava_core.train.packing import PackingCollator
 
     dataset = SyntheticLlavaDataset(SPECS[model], stage, batch * batches, seed=1)
     loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=PackingCollator(0), prefetch_factor=4 if workers else None)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
-from llava_core.inference import chat_prompt, load_on_device, stream_answer
-from llava_core.quantize import memory_line
+from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
+from llava_core.model.quantize import memory_line
 from llava_core.run_config import read_run_config
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from cluster.launch import LaunchSpec
 from llava_core.config import TrainConfig
-from llava_core.data import ValidationReport
+from llava_core.data.validation import ValidationReport
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -49,14 +49,19 @@ def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -
 
 def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], gpus_per_node: int = 1,
                          gpu_gib: float | None = None) -> str:
-    """Predicted peak GPU memory per rank (llava_core.memory), from the model's configs only, with
+    """Predicted peak GPU memory per rank (llava_core.train.memory), from the model's configs only, with
     the layers the ranks will checkpoint (``gradient_checkpointing: auto`` decides per GPU of
     ``gpu_gib`` GiB: the local GPU's when None), and the host memory per node that an offloaded
     optimizer needs. Raises OSError/ValueError when the model's configs cannot be read."""
-    from llava_core.freeze import apply_freeze_plan
-    from llava_core.memory import auto_checkpointed_layers, estimate_host_memory, estimate_peak_memory
-    from llava_core.model import skeleton
-    from llava_core.speed import job_shape, local_gpu_gib
+    from llava_core.model.build import skeleton
+    from llava_core.model.freeze import apply_freeze_plan
+    from llava_core.train.memory import (
+        auto_checkpointed_layers,
+        estimate_host_memory,
+        estimate_peak_memory,
+        job_shape,
+        local_gpu_gib,
+    )
 
     model = apply_freeze_plan(skeleton(cfg), cfg)
     shape = dataclasses.replace(job_shape(model, cfg, lengths or [cfg.model_max_length]), world_size=processes)
@@ -99,10 +104,10 @@ def missing_flags(cfg: TrainConfig) -> list[str]:
 
 
 def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
-    """Locate the LLM (or LLaVA checkpoint) and the vision tower (llava_core.hub); the config with
+    """Locate the LLM (or LLaVA checkpoint) and the vision tower (llava_core.model.hub); the config with
     loadable paths, or None with the reason in the failed check."""
-    from llava_core.hub import hub_unavailable, locate
-    from llava_core.model import is_llava_checkpoint
+    from llava_core.model.build import is_llava_checkpoint
+    from llava_core.model.hub import hub_unavailable, locate
 
     found, errors = {}, []
     for flag in ("model_name_or_path", "vision_tower"):
@@ -184,7 +189,7 @@ def check_training_arguments(cfg: TrainConfig) -> Check:
     and TF32 depend on the ranks' GPU and are left to the platform checks there."""
     from transformers.trainer_utils import SchedulerType
 
-    from llava_core.train import training_arguments
+    from llava_core.train.trainer import training_arguments
 
     if cfg.max_steps <= 0 and cfg.num_train_epochs <= 0:
         return Check("training arguments", FAILED, f"--num_train_epochs {cfg.num_train_epochs} trains nothing: "
@@ -216,12 +221,12 @@ def _name_the_flag(error: str, cfg: TrainConfig) -> str:
 def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
                workers: int | None = None) -> tuple[list[Check], ValidationReport | None]:
     """Validate every sample on ``workers`` processes (None: all cores), cached when nothing
-    changed (llava_core.preflight): structure and images always, lengths when the tokenizer and
+    changed (llava_core.data.preflight): structure and images always, lengths when the tokenizer and
     vision tower load (``located``), else a skipped ``lengths`` check saying why (``why_no_model``)."""
     import time
 
-    from llava_core.data import check_level
-    from llava_core.preflight import preflight
+    from llava_core.data.preflight import preflight
+    from llava_core.data.validation import check_level
 
     if not cfg.data_path:
         return [Check("data", FAILED, "--data_path is required (LLaVA JSON or JSONL)")], None
@@ -236,7 +241,7 @@ def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
                                cfg.allow_images_outside_folder, workers=workers)
             checks.append(Check("lengths", SKIPPED, f"not checked: {why_no_model}"))
         else:
-            from llava_core.train import validate_data
+            from llava_core.train.supervised import validate_data
 
             report = validate_data(located, workers=workers)
     except (OSError, ValueError) as e:  # a file-level problem, or the tokenizer / image processor did not load
@@ -262,7 +267,7 @@ def _ranks_gpu_gib(spec: LaunchSpec, job: dict[str, Any]) -> float | None:
     """The ranks' GPU memory where the submitter knows it: ``--gpu_gib``, else this machine's GPU when
     the ranks start on this machine (local, docker), else None (the ranks read their own)."""
     from cluster.launch import resolve_executor
-    from llava_core.speed import local_gpu_gib
+    from llava_core.train.memory import local_gpu_gib
 
     if job.get("gpu_gib"):
         return float(job["gpu_gib"])

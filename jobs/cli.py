@@ -48,7 +48,7 @@ def run(main: Callable[..., Any], command: str, help_text: Callable[[list[str]],
         else:
             print(help_text([a for a in args if a not in HELP_FLAGS]))
             return
-    from llava_core.quiet import quiet
+    from jobs.quiet import quiet
 
     quiet()
     try:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from jobs.cli import UsageError, run
 from llava_core.config import TrainConfig
-from llava_core.export import FORMATS, convert_llava_original, save_full_checkpoint
-from llava_core.export import merge_lora as merge_adapter
-from llava_core.hub import locate, locate_models
-from llava_core.llava_original import is_original
+from llava_core.model.export import FORMATS, convert_llava_original, save_full_checkpoint
+from llava_core.model.export import merge_lora as merge_adapter
+from llava_core.model.hub import locate, locate_models
+from llava_core.model.llava_original import is_original
 from llava_core.run_config import read_run_config
 
 

@@ -7,6 +7,7 @@ this module's job options. An unknown flag is an error naming the closest valid 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,8 +47,9 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML mapping of flags; a clear error when it is not one."""
+def load_yaml(path: str | Path, what: str, settings_types: Iterable[type] = ()) -> dict[str, Any]:
+    """A YAML mapping of flags; a clear error when it is not one. A run's ``config.yaml`` gives its
+    settings and launch options (its settings class one of llava_core's or of ``settings_types``)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} {path}: no such file")
@@ -58,7 +60,7 @@ def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{what} {path}: expected a mapping of flag: value")
     if "config_format" in data:   # a run's config.yaml: its settings and launch options, to resubmit or resume it
-        saved = read_run_config(p)
+        saved = read_run_config(p, settings_types)
         settings = saved.settings.to_dict()
         data = {**saved.launch, **settings.pop("training_args", {}), **settings}
     return {normalise(k): v for k, v in data.items()}
@@ -100,16 +102,17 @@ class Resolved:
 
 
 def resolve(preset: str | None, config: str | None, flags: dict[str, Any], option_names: set[str] | None = None,
-            job: str | None = None) -> Resolved:
+            job: str | None = None, settings_types: Iterable[type] = ()) -> Resolved:
     """Merge preset <- config file <- flags and split them; unknown names fail with suggestions.
 
-    ``option_names`` are the names the job kind's settings take (default: a training job's).
+    ``option_names`` are the names the job kind's settings take (default: a training job's);
+    ``settings_types`` the settings classes a run's ``config.yaml`` given as ``config`` may name.
     """
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
     layers = [(f"preset {preset}", lambda: load_preset(preset, job))] if preset else []
     if config:
-        layers.append((f"config {config}", lambda: load_yaml(config, "--config")))
+        layers.append((f"config {config}", lambda: load_yaml(config, "--config", settings_types)))
     if flags:
         layers.append(("command line", lambda: {normalise(k): v for k, v in flags.items()}))
     for source, load in layers:

@@ -21,8 +21,8 @@ from typing import Any, Callable
 from jobs.chat import trained_version
 from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
-from llava_core.inference import chat_prompt, load_on_device, stream_answer
-from llava_core.quantize import memory_line, require_quantization
+from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
+from llava_core.model.quantize import memory_line, require_quantization
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAGE_CSS = "#image img { width: 100%; height: 100%; object-fit: contain; }"
@@ -128,7 +128,7 @@ def reach_hint(host: str, port: int, node: str | None = None) -> str:
 def option_errors(model: str, version: str, port: int, dtype: str, load_in_8bit: bool, load_in_4bit: bool,
                   max_new_tokens: int) -> list[str]:
     """What is wrong with serve's options (checked before the model loads; each names its flag)."""
-    from llava_core.inference import DTYPES
+    from llava_core.model.inference import DTYPES
 
     errors = []
     if not model:

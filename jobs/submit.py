@@ -21,7 +21,14 @@ from typing import Any
 
 import yaml
 
-from cluster.launch import JobFailed, JobHandle, LaunchSpec, check_job_dir_free, resolve_executor, submit
+from cluster.launch import (
+    JobFailed,
+    JobHandle,
+    LaunchSpec,
+    check_job_dir_free,
+    resolve_executor,
+    submit,
+)
 from jobs.checks import FAILED, PASSED, Check
 from jobs.cli import CommandFailed, UsageError, run
 from jobs.kinds import get_kind
@@ -87,6 +94,14 @@ class Submitted:
     result: Any = None
 
 
+def resubmit_command(job: str, job_dir: Path) -> str:
+    """The command that submits this job again, as resolved (its ``config.yaml``: settings and launch
+    options), into the same directory: it resumes there."""
+    job_dir = job_dir.absolute()
+    return shlex.join([sys.executable, "-m", "jobs.submit", job, "--config", str(job_dir / "config.yaml"),
+                       "--output_dir", str(job_dir)])
+
+
 def submit_job(job: str, wait: bool | None = None, **flags: Any) -> Submitted | None:
     """Resolve, check and submit one job (what ``python -m jobs.submit JOB --FLAG VALUE`` does).
 
@@ -100,12 +115,12 @@ def submit_job(job: str, wait: bool | None = None, **flags: Any) -> Submitted | 
     except ValueError as e:
         raise UsageError(str(e)) from None
     preset, config = flags.pop("preset", None), flags.pop("config", None)
-    r = resolve(preset, config, flags, kind.option_names(), job)
+    r = resolve(preset, config, flags, kind.option_names(), job, (kind.settings_class,))
     if preset:
         r.job["preset"] = preset
     job_dir = job_directory(r, job)
     spec = LaunchSpec.from_options({**r.launch, "job_dir": job_dir, "name": job_dir.name})
-    sub = Submission(job, job_dir, spec, r.job, dict(r.launch), dict(r.origins))
+    sub = Submission(job, job_dir, spec, r.job, dict(r.launch), dict(r.origins), submit_job)
     values = kind.prepare(dict(r.values), sub)
     checked = kind.check(kind.settings(values), sub)
     checks = [*checked.checks, launch_check(spec)]
@@ -132,12 +147,16 @@ def submit_job(job: str, wait: bool | None = None, **flags: Any) -> Submitted | 
     check_job_dir_free(job_dir)  # before this job's records overwrite a live job's
     job_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job_dir / "config.yaml", run_config_record(job, checked.settings, spec.options()))
-    atomic_write_text(job_dir / "command.txt", shlex.join([sys.executable, "-m", "jobs.submit", job, *sys.argv[2:]]) + "\n")
-    atomic_write_json(job_dir / "job.json", {"job": job, "name": job_dir.name, "preset": r.job.get("preset"),
-                                             "sources": r.sources, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    atomic_write_text(job_dir / "command.txt", resubmit_command(job, job_dir) + "\n")
+    record = {"job": job, "name": job_dir.name, "preset": r.job.get("preset"), "sources": r.sources,
+              "executor": "inline" if kind.inline else spec.executor, "job_id": None, "nodes": spec.nodes,
+              "procs_per_node": spec.gpus_per_node, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_json(job_dir / "job.json", record)
     if kind.inline:
         return Submitted(job_dir, result=kind.run_inline(checked, sub))
     handle = submit(kind.task(checked, sub), spec)
+    atomic_write_json(job_dir / "job.json", {**record, "executor": handle.executor, "job_id": handle.job_id,
+                                             "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
     print(f"submitted {job} as {handle.executor} job {handle.job_id}\n  directory: {job_dir}\n"
           f"  follow:    python -m jobs.logs {job_dir} --follow\n  status:    python -m jobs.status {job_dir}", flush=True)
     follow = r.job.get("follow", handle.executor in ("local", "docker"))

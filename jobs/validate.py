@@ -26,7 +26,7 @@ def main(preset: str | None = None, config: str | None = None, out: str | None =
     processes (default: every core this process may use)."""
     r = resolve(preset, config, flags)
     if r.job.get("demo_assets"):
-        from llava_core.demo_assets import tiny_asset_values
+        from llava_core.demo.assets import tiny_asset_values
 
         for k, v in tiny_asset_values(r.job.get("runs", "runs") + "/assets").items():
             r.values.setdefault(k, v)

@@ -1,13 +1,13 @@
 """``--deepspeed auto``: the ZeRO setup chosen from the model's sizes (its configs on disk, the
 skeleton on the meta device, no weights), the GPU count and each GPU's memory.
 
-The choice is :func:`llava_core.speed.choose_zero` over the memory estimate of ``llava_core.memory``
+The choice is :func:`llava_core.train.zero_choice.choose_zero` over the memory estimate of ``llava_core.train.memory``
 (the one the ``memory estimate`` check prints); the chosen setup becomes a shipped config of
 ``cluster.deepspeed`` (zero2, zero2_offload, zero3, zero3_offload) or no DeepSpeed at all. A GPU's
 memory is read through ``torch.cuda`` (CUDA, ROCm and DCU builds alike). Where the submitting machine
 cannot know the ranks' GPU (no GPU here, or the ranks start elsewhere) and ``--gpu_gib`` is not
-given, the ranks choose at start (:func:`resolve_on_rank`) and rank 0 records the choice in the run's
-``config.yaml``.
+given, the ranks choose at start (:func:`resolve_on_rank`) and rank 0 records the choice in
+``deepspeed_choice.json`` of the job directory (``config.yaml`` is written once, at submit).
 The table of choices for the shipped presets is :mod:`jobs.zero_table`'s.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from cluster.deepspeed import AUTO, known_bug, load_zero_config, zero_config_name
 from llava_core.config import TrainConfig
-from llava_core.memory import JobShape
-from llava_core.speed import ZERO_OPTIONS, ZeroChoice, ZeroSetup, auto_zero_budget, choose_zero
+from llava_core.train.memory import JobShape
+from llava_core.train.zero_choice import ZERO_OPTIONS, ZeroChoice, ZeroSetup, auto_zero_budget, choose_zero
 
 PREVIEW_GIB = (40.0, 80.0)
 
@@ -39,9 +39,9 @@ def model_shape(cfg: TrainConfig, world_size: int, lengths: Sequence[int] = ()) 
     """The memory shape of training ``cfg`` (models located: local folders or cached snapshots) on
     ``world_size`` ranks: the skeleton on the meta device after the freeze plan; the micro batch
     from ``lengths`` (the validated samples), or every sample at ``model_max_length`` without them."""
-    from llava_core.freeze import apply_freeze_plan
-    from llava_core.model import skeleton
-    from llava_core.speed import job_shape
+    from llava_core.model.build import skeleton
+    from llava_core.model.freeze import apply_freeze_plan
+    from llava_core.train.memory import job_shape
 
     plain = dataclasses.replace(cfg, deepspeed=None)
     model = apply_freeze_plan(skeleton(plain), plain)
@@ -103,32 +103,33 @@ def preview(cfg: TrainConfig, world_size: int, lengths: Sequence[int] = (), plat
     return ", ".join(parts)
 
 
+CHOICE_FILE = "deepspeed_choice.json"
+"""Where the ranks record ``--deepspeed auto``'s choice when the submit could not make it (the job
+directory; ``config.yaml`` keeps ``auto``, as submitted). A restart reads it back: one choice per run."""
+
+
 def resolve_on_rank(cfg: TrainConfig, platform: str | None) -> TrainConfig:
     """On a rank at start: ``--deepspeed auto`` resolved from this rank's GPU and ``WORLD_SIZE``
-    (the ranks of one job share one GPU model); rank 0 prints why and records the choice in the
-    run's ``config.yaml``. ``cfg`` unchanged when it names its config."""
-    from llava_core.speed import local_gpu_gib
+    (the ranks of one job share one GPU model), or the choice an earlier start of this run recorded
+    (a requeued or resubmitted run keeps its ZeRO setup, which its checkpoints need); rank 0 prints
+    why and records the choice in :data:`CHOICE_FILE`. ``cfg`` unchanged when it names its config."""
+    from llava_core.io import atomic_write_json, load_json
+    from llava_core.train.memory import local_gpu_gib
 
     if not is_auto(cfg.deepspeed):
         return cfg
+    record = Path(cfg.output_dir) / CHOICE_FILE
+    if record.is_file():
+        saved = load_json(record, dict)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"[deepspeed] auto -> {saved['choice']} (chosen at this run's first start: {record})", flush=True)
+        return dataclasses.replace(cfg, deepspeed=saved["config"])
     gpu_gib = local_gpu_gib()
-    choice, resolved = resolve_auto(cfg, int(os.environ.get("WORLD_SIZE", "1")), gpu_gib, (), platform)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    choice, resolved = resolve_auto(cfg, world_size, gpu_gib, (), platform)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[deepspeed] {describe(choice, gpu_gib)}", flush=True)
-        record_choice(Path(cfg.output_dir), resolved.deepspeed)
+        atomic_write_json(record, {"choice": config_name(choice.setup) or "none", "gpu_gib": gpu_gib,
+                                   "world_size": world_size, "reason": describe(choice, gpu_gib),
+                                   "config": resolved.deepspeed})
     return resolved
-
-
-def record_choice(run_dir: Path, deepspeed: dict | None) -> None:
-    """Write the resolved ``deepspeed`` into the run's ``config.yaml`` (when the run has one)."""
-    from llava_core.io import atomic_write_text
-    from llava_core.run_config import find_run_config, read_run_config, run_config_record
-
-    file = find_run_config(run_dir)
-    if file is None or file.parent != run_dir.absolute():
-        return
-    saved = read_run_config(file)
-    if saved is None or not hasattr(saved.settings, "deepspeed"):
-        return
-    settings = dataclasses.replace(saved.settings, deepspeed=deepspeed)
-    atomic_write_text(file, run_config_record(saved.job, settings, saved.launch))

@@ -17,7 +17,7 @@ from jobs.kinds import get_kind
 from jobs.options import resolve
 from jobs.zero_choice import PREVIEW_GIB, choose_for_shape, config_name, model_shape, unavailable_setups
 from llava_core.config import TrainConfig
-from llava_core.speed import trainable_and_frozen
+from llava_core.train.zero_choice import trainable_and_frozen
 
 TABLE_PRESETS = ("llava15-7b-pretrain", "llava15-7b-finetune", "llava15-7b-lora", "llava15-13b-pretrain",
                  "llava15-13b-finetune", "llava15-13b-lora", "hadpo-llava15-7b", "mgm-gemma-2b-pretrain",

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, TypeVar
 
-from llava_core.conversation import PROMPT_VERSIONS
+from llava_core.data.conversation import PROMPT_VERSIONS
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 ASPECT_RATIOS = ("pad", "resize", "crop")
@@ -150,11 +150,11 @@ class TrainConfig:
     tf32: bool | None = None
     """TF32 matmuls on NVIDIA Ampere and newer; None: the platform's default."""
     gradient_checkpointing: bool | str = False
-    """True, False, or auto: checkpoint only the decoder layers the memory estimate needs (llava_core.speed)."""
+    """True, False, or auto: checkpoint only the decoder layers the memory estimate needs (llava_core.train.fast_path)."""
     packing: bool = False
-    """Pack each batch into one padding-free row, attention kept within each sample (llava_core.packing)."""
+    """Pack each batch into one padding-free row, attention kept within each sample (llava_core.train.packing)."""
     compile_layers: bool = False
-    """torch.compile each decoder layer (llava_core.speed)."""
+    """torch.compile each decoder layer (llava_core.train.fast_path)."""
     dataloader_num_workers: int = 0
     """Data loader worker processes per rank."""
     report_to: str = "none"
@@ -226,7 +226,7 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 @dataclass
 class DPOConfig(TrainConfig):
-    """A DPO run (llava_core.dpo): the training options plus the preference loss's."""
+    """A DPO run (llava_core.train.dpo): the training options plus the preference loss's."""
 
     beta: float | None = None
     """KL strength of the preference loss: required (HA-DPO's recipe uses 0.1, its code defaults to 0.5)."""

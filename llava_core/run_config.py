@@ -14,7 +14,7 @@ Format 1 (before): the flags as given, flat, with ``job``; read as the settings 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,6 @@ import yaml
 
 CONFIG_FILE = "config.yaml"
 CONFIG_FORMAT = 2
-# settings classes a config.yaml may name (the module must lie in one of these packages)
-TRUSTED_PACKAGES = ("llava_core", "jobs")
 
 
 @dataclass
@@ -39,9 +37,8 @@ class RunConfig:
 
 def run_config_record(job: str, settings: Any, launch: dict[str, Any]) -> str:
     """The YAML text of ``config.yaml`` for a job of kind ``job`` with typed ``settings``."""
-    cls = type(settings)
     return yaml.safe_dump({"config_format": CONFIG_FORMAT, "job": job,
-                           "settings_type": f"{cls.__module__}:{cls.__qualname__}",
+                           "settings_type": settings_type_name(type(settings)),
                            "settings": _plain(settings.to_dict()), "launch": _plain(launch)}, sort_keys=False)
 
 
@@ -61,8 +58,25 @@ def find_run_config(path: str | Path) -> Path | None:
     return next((d / CONFIG_FILE for d in (p, *p.parents) if (d / CONFIG_FILE).is_file()), None)
 
 
-def read_run_config(path: str | Path) -> RunConfig | None:
-    """The saved config of the run ``path`` belongs to (None when it is in no run); errors name the file."""
+def settings_type_name(cls: type) -> str:
+    """How ``config.yaml`` names a settings class: ``module:qualname``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def core_settings_types() -> tuple[type, ...]:
+    """llava_core's own settings classes: training, DPO and evaluation."""
+    from llava_core.config import DPOConfig, TrainConfig
+    from llava_core.eval.config import EvalConfig
+
+    return TrainConfig, DPOConfig, EvalConfig
+
+
+def read_run_config(path: str | Path, settings_types: Iterable[type] = ()) -> RunConfig | None:
+    """The saved config of the run ``path`` belongs to (None when it is in no run); errors name the file.
+
+    A config names its settings class; only llava_core's own (:func:`core_settings_types`) and the
+    caller's ``settings_types`` (a job kind's, which only the jobs layer knows) are read: loading a
+    class a file names must not import whatever the file says."""
     file = find_run_config(path)
     if file is None:
         return None
@@ -73,19 +87,13 @@ def read_run_config(path: str | Path) -> RunConfig | None:
     if not isinstance(data, dict) or "job" not in data:
         raise ValueError(f"{file}: not a run config (no 'job')")
     if data.get("config_format") == CONFIG_FORMAT:
-        cls = _settings_class(str(data.get("settings_type", "")), file)
-        return RunConfig(file, data["job"], cls.from_dict(data.get("settings") or {}), data.get("launch") or {})
+        allowed = {settings_type_name(c): c for c in (*core_settings_types(), *settings_types)}
+        name = str(data.get("settings_type", ""))
+        if name not in allowed:
+            raise ValueError(f"{file}: settings_type {name!r} is not one of the settings classes this command "
+                             f"reads ({', '.join(sorted(allowed))})")
+        return RunConfig(file, data["job"], allowed[name].from_dict(data.get("settings") or {}), data.get("launch") or {})
     return RunConfig(file, data["job"], _format_1(data, file), {})
-
-
-def _settings_class(name: str, file: Path) -> type:
-    module, _, qualname = name.partition(":")
-    if module.split(".")[0] not in TRUSTED_PACKAGES or not qualname:
-        raise ValueError(f"{file}: settings_type {name!r} is not one of this project's settings classes")
-    cls = getattr(importlib.import_module(module), qualname, None)
-    if cls is None or not dataclasses.is_dataclass(cls):
-        raise ValueError(f"{file}: settings_type {name!r} is not one of this project's settings classes")
-    return cls
 
 
 def _format_1(data: dict[str, Any], file: Path) -> Any:

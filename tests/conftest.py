@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict[str, str]:
     """Paths of the tiny model parts (llm, vision) and the shapes data (pretrain, finetune, pope...)."""
-    from llava_core.demo_assets import ensure_assets
+    from llava_core.demo.assets import ensure_assets
 
     return ensure_assets(tmp_path_factory.getbasetemp() / "assets")
 

@@ -7,7 +7,7 @@ import sys
 import torch
 from PIL import Image
 
-from llava_core.model import load_for_inference
+from llava_core.model.build import load_for_inference
 
 
 def main(model_dir: str, image: str, out: str) -> None:

@@ -9,8 +9,8 @@ import torch
 from bench.data import SyntheticLlavaDataset, padded_collate
 from bench.models import SPECS, build_llava
 from bench.throughput import COLUMNS, RunSpec, _run_in_subprocess, main
-from llava_core.memory import JobShape, checkpointed_layers_needed, estimate_peak_memory
-from llava_core.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
+from llava_core.train.memory import JobShape, checkpointed_layers_needed, estimate_peak_memory
+from llava_core.train.packing import PackingCollator, packed_causal_lm_loss, use_varlen_attention
 
 
 def test_smoke_runs_the_reference_and_the_product_path_and_prints_the_table(tmp_path, capsys):
@@ -103,7 +103,7 @@ def test_memory_estimate_checkpoints_only_what_the_budget_needs():
 
 
 def test_host_memory_of_an_offloaded_optimizer_matches_the_measured_7b_run():
-    from llava_core.memory import estimate_host_memory
+    from llava_core.train.memory import estimate_host_memory
 
     job = JobShape(vision_params=303_000_000, projector_params=21_000_000, llm_params=6_740_000_000, hidden=4096,
                    intermediate=11008, layers=32, kv_dim=4096, vocab=32064, train="full", tokens=16_000,
@@ -117,7 +117,7 @@ def test_host_memory_of_an_offloaded_optimizer_matches_the_measured_7b_run():
 
 
 def test_a_blank_image_leaves_the_loss_of_padded_and_packed_batches_unchanged():
-    from llava_core.data import add_blank_image
+    from llava_core.data.dataset import add_blank_image
 
     spec = SPECS["tiny"]
     dataset = SyntheticLlavaDataset(spec, "stage2", 6, seed=11, max_length=512)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from jobs.cli import run
-from llava_core import hub
+from llava_core.model import hub
 
 ROOT = Path(__file__).resolve().parents[1]
 # LLaVA's scripts/v1_5/finetune_lora.sh, flag for flag (13B)
@@ -236,13 +236,13 @@ def test_a_bug_keeps_its_traceback():
 def test_submit_memory_estimate_uses_the_ranks_checkpointing_choice(tiny_values):
     from jobs.checks import estimate_memory_line
     from jobs.options import train_config
-    from llava_core.memory import JobShape, auto_checkpointed_layers, estimate_peak_memory
+    from llava_core.train.memory import JobShape, auto_checkpointed_layers, estimate_peak_memory
 
     cfg = train_config({**tiny_values, "gradient_checkpointing": "auto", "output_dir": "x"})
     assert "gradient_checkpointing auto: 0 of 2 layers on a 80 GiB GPU" in estimate_memory_line(cfg, 1, [], 1, 80.0)
     unknown = estimate_memory_line(cfg, 1, [], 1, None if not torch.cuda.is_available() else 80.0)
     assert torch.cuda.is_available() or "with all 2 layers checkpointed" in unknown
-    # a 7B-shaped LoRA job: the fewest layers that fit 85% of the GPU, as llava_core.speed decides on the rank
+    # a 7B-shaped LoRA job: the fewest layers that fit 85% of the GPU, as llava_core.train.fast_path decides on the rank
     shape = JobShape(vision_params=303_000_000, projector_params=21_000_000, llm_params=6_740_000_000, hidden=4096,
                      intermediate=11008, layers=32, kv_dim=4096, vocab=32000, train="lora", tokens=16 * 2048,
                      logit_tokens=16 * 2048, images=16, lora_params=320_000_000)
@@ -253,7 +253,7 @@ def test_submit_memory_estimate_uses_the_ranks_checkpointing_choice(tiny_values)
 
 
 def test_chat_answers_in_bf16_on_a_gpu_and_fp32_on_the_cpu():
-    from llava_core.inference import inference_device, inference_dtype
+    from llava_core.model.inference import inference_device, inference_dtype
 
     expected = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     assert inference_dtype("auto") == expected and inference_dtype("float16") == torch.float16
@@ -263,7 +263,7 @@ def test_chat_answers_in_bf16_on_a_gpu_and_fp32_on_the_cpu():
 
 
 def test_quiet_drops_only_the_unactionable(caplog):
-    from llava_core.quiet import quiet
+    from jobs.quiet import quiet
 
     quiet()
     with caplog.at_level(logging.WARNING):

@@ -7,10 +7,12 @@ import pytest
 from PIL import Image
 
 from llava_core.config import TrainConfig
-from llava_core.conversation import ConversationError, generation_prompt, normalise_turns, place_images, render
-from llava_core.data import IGNORE_INDEX, Collator, Encoder, ModalityLengthGroupedSampler, Record, load_records
-from llava_core.model import load_processor
-from llava_core.train import validate_data
+from llava_core.data.conversation import ConversationError, generation_prompt, normalise_turns, place_images, render
+from llava_core.data.dataset import Collator, ModalityLengthGroupedSampler
+from llava_core.data.encoding import IGNORE_INDEX, Encoder
+from llava_core.data.records import Record, load_records
+from llava_core.model.build import load_processor
+from llava_core.train.supervised import validate_data
 
 
 @pytest.fixture(scope="module")

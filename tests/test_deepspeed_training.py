@@ -40,7 +40,7 @@ def _zero3_rank(rank: int, world: int, port: int, cfg) -> None:
     import os
 
     from cluster.runtime import exit_without_teardown
-    from llava_core.train import train
+    from llava_core.train.supervised import train
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")

@@ -13,8 +13,16 @@ import pytest
 
 from cluster import launch
 from cluster.local_executor import STOP_GRACE_ENV
-from tests.docker.engine import (CI_COMPOSE, CI_IMAGES, PROFILES, SECRET_SENTINEL, build_image,  # noqa: F401
-                                 docker_env, docker_tools, run)
+from tests.docker.engine import (  # noqa: F401
+    CI_COMPOSE,
+    CI_IMAGES,
+    PROFILES,
+    SECRET_SENTINEL,
+    build_image,
+    docker_env,
+    docker_tools,
+    run,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llava_core.dpo_data import HADPO_DESC_PROMPTS, convert_hadpo, read_dpo_records
+from llava_core.data.preference import HADPO_DESC_PROMPTS, convert_hadpo, read_dpo_records
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from llava_core.demo_assets import SHAPES
-from llava_core.demo_dpo import DESCRIBE, pairs_from_answers, write_dpo_data
-from llava_core.dpo_data import read_dpo_records
+from llava_core.data.preference import read_dpo_records
+from llava_core.demo.assets import SHAPES
+from llava_core.demo.preference_pairs import DESCRIBE, pairs_from_answers, write_dpo_data
 from llava_core.eval.metrics import pope_answer_is_yes
 
 

@@ -11,9 +11,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingA
 
 from cluster.deepspeed import zero_config_path
 from llava_core.config import DPOConfig, TrainConfig
-from llava_core.dpo import REFERENCE_FILE, DPOTrainer, dpo_dataset
-from llava_core.dpo_data import DPOCollator
-from llava_core.train import read_metrics
+from llava_core.data.preference import DPOCollator
+from llava_core.train.dpo import REFERENCE_FILE, DPOTrainer, dpo_dataset
+from llava_core.train.outputs import read_metrics
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -30,7 +30,7 @@ def _config(root, out, **kw):
 
 def _rank(rank, world, port, cfg):
     from cluster.runtime import exit_without_teardown
-    from llava_core.dpo import train_dpo
+    from llava_core.train.dpo import train_dpo
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),

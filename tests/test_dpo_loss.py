@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llava_core.dpo import dpo_loss, sequence_logps
+from llava_core.train.dpo import dpo_loss, sequence_logps
 
 
 def _direct(pc, pr, rc, rr, beta, kind):

@@ -10,9 +10,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainingArguments
 
 from llava_core.config import TrainConfig
-from llava_core.data import Encoder, ImageLoader, n_image_tokens
-from llava_core.dpo import REFERENCE_FILE, DPOTrainer
-from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
+from llava_core.data.encoding import Encoder, n_image_tokens
+from llava_core.data.images import ImageLoader
+from llava_core.data.preference import DPOCollator, DPODataset, read_dpo_records
+from llava_core.train.dpo import REFERENCE_FILE, DPOTrainer
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",

@@ -5,8 +5,15 @@ import shutil
 
 import pytest
 
-from llava_core.eval.metrics import (caption_metrics, caption_tokenize, pope_answer_is_yes,
-                                     pope_metrics, vqa_metrics, vqa_normalize, vqa_scores)
+from llava_core.eval.metrics import (
+    caption_metrics,
+    caption_tokenize,
+    pope_answer_is_yes,
+    pope_metrics,
+    vqa_metrics,
+    vqa_normalize,
+    vqa_scores,
+)
 
 
 @pytest.mark.parametrize("answer,is_yes", [

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from llava_core.config import TrainConfig
-from llava_core.train import read_metrics, train
+from llava_core.train.outputs import read_metrics
+from llava_core.train.supervised import train
 
 
 @pytest.mark.slow

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from packaging.version import Version
-
 from llava_core.compat import TORCH, save_portable
 from llava_core.config import TrainConfig
-from llava_core.hub import ModelNotFoundError
-from llava_core.model import build_model, is_llava_checkpoint
+from llava_core.model.build import build_model, is_llava_checkpoint
+from llava_core.model.hub import ModelNotFoundError
 from tests import llava_reference as ref
 from tests.llama_tokenizer import llama_tokenizer
 
@@ -203,7 +202,7 @@ def test_unsupported_checkpoints_and_missing_tower_are_clear_errors(tmp_path, to
 
 def test_jobs_export_converts_an_original_checkpoint_for_chat_and_eval(tmp_path, tower):
     """``jobs.export CHECKPOINT --out DIR``: the HF-format model that ``--model`` (eval, chat) loads."""
-    from llava_core.inference import load_model
+    from llava_core.model.inference import load_model
 
     original = tmp_path / "llava-v1.5-tiny"
     write_original(original, tower, "safetensors", "mlp2x_gelu", False)
@@ -215,7 +214,7 @@ def test_jobs_export_converts_an_original_checkpoint_for_chat_and_eval(tmp_path,
 
 
 def _parts_of(path: str) -> str:
-    from llava_core.llava_original import as_parts
+    from llava_core.model.llava_original import as_parts
 
     return as_parts(TrainConfig(model_name_or_path=path)).model_name_or_path
 
@@ -236,7 +235,7 @@ def test_ranks_converting_at_once_share_one_complete_parts_folder(tmp_path, towe
 
 def test_processor_and_size_estimate_need_no_weights(tmp_path, tower):
     """What submit's checks and data validation load (processor, meta-device model) reads configs only."""
-    from llava_core.model import load_processor, skeleton
+    from llava_core.model.build import load_processor, skeleton
 
     original = tmp_path / "llava-v1.5-tiny"
     write_original(original, tower, "safetensors", "mlp2x_gelu", True)

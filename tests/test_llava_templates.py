@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llava_core.conversation import IMAGE_TOKEN, TEMPLATES
-from llava_core.data import IGNORE_INDEX, Encoder, Record
+from llava_core.data.conversation import IMAGE_TOKEN, TEMPLATES
+from llava_core.data.encoding import IGNORE_INDEX, Encoder
+from llava_core.data.records import Record
 from tests import llava_reference as ref
 from tests.llama_tokenizer import llama_tokenizer
 
@@ -119,7 +120,7 @@ def test_saved_chat_template_prompts_as_training(tokenizer, fmt, tmp_path):
     from PIL import Image
     from transformers import AutoProcessor, CLIPImageProcessor, LlavaProcessor
 
-    from llava_core.conversation import chat_template, generation_prompt
+    from llava_core.data.conversation import chat_template, generation_prompt
 
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=16,

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM, CLIPVisionModel
 
 from llava_core.config import TrainConfig
-from llava_core.freeze import apply_freeze_plan, parameter_report, part_of
-from llava_core.model import build_model, load_mm_projector, projector_state_llava_format
+from llava_core.model.build import build_model, load_mm_projector, projector_state_llava_format
+from llava_core.model.freeze import apply_freeze_plan, parameter_report, part_of
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Pre-flight at scale (llava_core.preflight) and the data checks before launch: real files, real
+"""Pre-flight at scale (llava_core.data.preflight) and the data checks before launch: real files, real
 processes, images truncated by cutting real JPEG/PNG files."""
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ from PIL import Image
 
 from jobs.checks import FAILED, PASSED, check_data
 from llava_core.config import TrainConfig
-from llava_core.data import (Encoder, ImageLoader, LazySupervisedDataset, SampleLoadError, ValidationReport,
-                             iter_records, load_records, validate)
-from llava_core.model import load_processor, skeleton
-from llava_core.preflight import preflight
-from llava_core.train import DataValidationError, prepare_data, validate_data
+from llava_core.data.dataset import LazySupervisedDataset, SampleLoadError
+from llava_core.data.encoding import Encoder
+from llava_core.data.images import ImageLoader
+from llava_core.data.preflight import preflight
+from llava_core.data.records import iter_records, load_records
+from llava_core.data.validation import ValidationReport, validate
+from llava_core.model.build import load_processor, skeleton
+from llava_core.train.supervised import DataValidationError, prepare_data, validate_data
 
 Q = {"from": "human", "value": "<image>\nWhat is in the image?"}
 A = {"from": "gpt", "value": "A red circle."}
@@ -97,7 +100,7 @@ def test_parallel_preflight_finds_what_one_process_finds_and_names_each_problem(
 
 
 def test_verify_misses_a_truncated_jpeg_that_decode_finds(tmp_path):
-    from llava_core.data import check_image
+    from llava_core.data.validation import check_image
 
     jpg = cut(save_image(tmp_path / "a.jpg", "JPEG", (320, 240)))
     assert check_image(jpg, "verify") is None
@@ -148,7 +151,7 @@ def test_file_level_problems_name_the_file_record_and_line(tmp_path):
     # a record longer than the reader's block is parsed whole
     big = tmp_path / "big.json"
     big.write_text(json.dumps([{"id": i, "conversations": [Q, {"from": "gpt", "value": "x" * (3 << 20)}]} for i in range(7)]))
-    import llava_core.data as data_module
+    import llava_core.data.records as data_module
 
     block, data_module.READ_BLOCK = data_module.READ_BLOCK, 1 << 20
     try:
@@ -236,7 +239,7 @@ def test_check_data_passes_names_the_cache_and_refuses_an_unknown_level(dataset,
 def test_a_worker_that_finished_its_share_is_no_failure_while_another_still_works(tmp_path, processor, monkeypatch):
     """Worker 0 ends (its share done) while worker 1 spends > 1 s on its last chunk: the run waits
     for it instead of reporting worker 0 as dead."""
-    import llava_core.preflight as pf
+    import llava_core.data.preflight as pf
 
     data = tmp_path / "text.json"
     data.write_text(json.dumps([{"id": i, "conversations": conv(image=False)} for i in range(600)]))  # round-robin: 300 each

@@ -8,8 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llava_core.checkpoints import (COMPLETION_RECORD, incomplete_reason, last_complete_checkpoint,
-                                    write_completion_record)
+from llava_core.train.checkpoints import (
+    COMPLETION_RECORD,
+    incomplete_reason,
+    last_complete_checkpoint,
+    write_completion_record,
+)
 
 
 def _checkpoint(out, step, deepspeed=False):

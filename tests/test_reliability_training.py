@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llava_core.checkpoints import COMPLETION_RECORD
 from llava_core.config import TrainConfig
-from llava_core.train import last_complete_checkpoint, train
+from llava_core.train.checkpoints import COMPLETION_RECORD, last_complete_checkpoint
+from llava_core.train.supervised import train
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +52,8 @@ def test_images_broken_after_validation_are_skipped_and_counted_in_the_summary(t
 
     from cluster.launch import LaunchSpec, submit
     from jobs.status import describe
-    from llava_core.data import load_records
-    from llava_core.train import validate_data
+    from llava_core.data.records import load_records
+    from llava_core.train.supervised import validate_data
 
     images = tmp_path / "images"
     shutil.copytree(tiny_values["image_folder"], images)

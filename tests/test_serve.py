@@ -19,7 +19,7 @@ import torch
 from jobs.cli import CommandFailed, run
 from llava_core.config import PROMPT_VERSIONS, TrainConfig
 from llava_core.eval.generate import generate_batch
-from llava_core.inference import chat_prompt, load_model, stream_answer
+from llava_core.model.inference import chat_prompt, load_model, stream_answer
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,7 +286,7 @@ def _bnb_config_needs_bitsandbytes() -> bool:
     return False
 
 def test_bnb_config_has_llavas_qlora_settings():
-    from llava_core.quantize import SKIP_MODULES, bnb_config
+    from llava_core.model.quantize import SKIP_MODULES, bnb_config
 
     if _bnb_config_needs_bitsandbytes():
         pytest.skip(BNB_ON_4X)
@@ -303,7 +303,7 @@ def test_bnb_config_has_llavas_qlora_settings():
 
 
 def test_only_the_language_models_linear_layers_are_quantized(tiny):
-    from llava_core.quantize import SKIP_MODULES
+    from llava_core.model.quantize import SKIP_MODULES
 
     try:  # transformers 5: the rule its bitsandbytes quantizer applies to every module name
         from transformers.quantizers.quantizers_utils import should_convert_module
@@ -328,7 +328,7 @@ def test_train_config_bits_and_quant_flags():
 
 
 def test_qlora_refusal_names_the_reason_per_platform():
-    from llava_core.quantize import qlora_refusal
+    from llava_core.model.quantize import qlora_refusal
 
     qlora = TrainConfig(bits=4, lora_enable=True)
     assert qlora_refusal(qlora, "cuda") is None and qlora_refusal(qlora, None) is None
@@ -354,9 +354,9 @@ def test_serve_refuses_a_quantized_load_without_an_nvidia_gpu_before_loading(tin
 def test_quantized_loads_are_refused_without_an_nvidia_gpu(tiny, tmp_path, capsys):
     from jobs.chat import main as chat
     from jobs.serve import serve
-    from llava_core.freeze import apply_freeze_plan
-    from llava_core.model import build_model
-    from llava_core.quantize import quantization_unavailable
+    from llava_core.model.build import build_model
+    from llava_core.model.freeze import apply_freeze_plan
+    from llava_core.model.quantize import quantization_unavailable
 
     run_dir, image = tiny
     why = quantization_unavailable()
@@ -377,9 +377,9 @@ def test_quantized_loads_are_refused_without_an_nvidia_gpu(tiny, tmp_path, capsy
 
 
 def test_merge_of_a_qlora_run_is_a_bfloat16_model(tiny, tmp_path):
-    from llava_core.export import merge_lora
-    from llava_core.freeze import apply_freeze_plan
-    from llava_core.model import build_model, load_llava
+    from llava_core.model.build import build_model, load_llava
+    from llava_core.model.export import merge_lora
+    from llava_core.model.freeze import apply_freeze_plan
 
     run_dir, image = tiny
     lora = TrainConfig(model_name_or_path=str(run_dir / "final"), lora_enable=True, lora_r=4, lora_alpha=8)

@@ -9,8 +9,10 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava_core.config import TrainConfig
-from llava_core.conversation import generation_prompt
-from llava_core.train import last_complete_checkpoint, read_metrics, train
+from llava_core.data.conversation import generation_prompt
+from llava_core.train.checkpoints import last_complete_checkpoint
+from llava_core.train.outputs import read_metrics
+from llava_core.train.supervised import train
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,7 @@ def test_resume_after_a_stop_request_matches_an_uninterrupted_run(tiny_values, t
 def test_lora_run_writes_adapter_and_merged_model_equal_to_the_adapter(tiny_values, tmp_path):
     from peft import PeftModel
 
-    from llava_core.model import build_model
+    from llava_core.model.build import build_model
 
     cfg = _cfg(tiny_values, tmp_path, max_steps=3, lora_enable=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                mm_projector_lr=5e-4)
@@ -107,9 +109,9 @@ def test_stage1_writes_llava_projector_that_stage2_loads(tiny_values, tiny_asset
     final = LlavaForConditionalGeneration.from_pretrained(tmp_path / "pre" / "final")
     assert torch.equal(final.model.multi_modal_projector.linear_1.weight, state["model.mm_projector.0.weight"])
     # only the projector moved in stage 1
-    from llava_core.model import build_model
-
     from transformers import set_seed
+
+    from llava_core.model.build import build_model
 
     set_seed(pre.seed)  # as train() does before building
     start, _ = build_model(TrainConfig.from_dict(tiny_values))
@@ -119,7 +121,7 @@ def test_stage1_writes_llava_projector_that_stage2_loads(tiny_values, tiny_asset
 
 
 def test_bad_samples_fail_before_training_with_the_list(tiny_values, tmp_path):
-    from llava_core.train import DataValidationError
+    from llava_core.train.supervised import DataValidationError
 
     data = tmp_path / "d.json"
     rows = json.loads(open(tiny_values["data_path"]).read())[:8]

@@ -1,15 +1,15 @@
-"""``--deepspeed auto``: the ZeRO choice (llava_core.speed.choose_zero, jobs.zero_choice) for the
+"""``--deepspeed auto``: the ZeRO choice (llava_core.train.zero_choice.choose_zero, jobs.zero_choice) for the
 shipped presets' models, from their configs alone, and what --dry-run prints."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from llava_core.memory import JobShape
-from llava_core.speed import ZeroSetup, choose_zero, zero_setup
+from llava_core.train.memory import JobShape
+from llava_core.train.zero_choice import ZeroSetup, choose_zero, zero_setup
 
 # The published config.json values of the presets' models (the shapes are all the choice reads).
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -166,10 +166,10 @@ def test_dry_run_prints_the_choice_and_why(tiny_values, tmp_path, capsys):
 
 
 def test_dry_run_without_a_gpu_says_the_ranks_choose(tiny_values, tmp_path, capsys, monkeypatch):
-    import llava_core.speed
+    import llava_core.train.memory
     from jobs.submit import main
 
-    monkeypatch.setattr(llava_core.speed, "local_gpu_gib", lambda: None)
+    monkeypatch.setattr(llava_core.train.memory, "local_gpu_gib", lambda: None)
     flags = {**tiny_values, "output_dir": str(tmp_path / "job"), "executor": "local", "deepspeed": "auto"}
     main("finetune", preset="tiny", dry_run=True, **flags)
     out = capsys.readouterr().out
@@ -185,17 +185,21 @@ def test_a_named_config_still_wins(tiny_values, tmp_path, capsys):
     assert "deepspeed: [passed] zero3: ZeRO stage 3" in capsys.readouterr().out
 
 
-def test_the_ranks_resolve_auto_and_record_it_in_config_yaml(tiny_values, tmp_path, monkeypatch):
+def test_the_ranks_resolve_auto_once_and_record_it_beside_config_yaml(tiny_values, tmp_path, monkeypatch):
     from jobs.options import train_config
-    from jobs.zero_choice import resolve_on_rank
+    from jobs.zero_choice import CHOICE_FILE, resolve_on_rank
     from llava_core.run_config import read_run_config, run_config_record
 
     cfg = train_config({**tiny_values, "output_dir": str(tmp_path), "deepspeed": "auto"})
     (tmp_path / "config.yaml").write_text(run_config_record("finetune", cfg, {"nodes": 1}))
+    submitted = (tmp_path / "config.yaml").read_bytes()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     resolved = resolve_on_rank(cfg, "cpu")
     assert resolved.deepspeed["zero_optimization"]["stage"] == 2   # no GPU, 2 ranks: ZeRO-2
-    saved = read_run_config(tmp_path)
-    assert saved.settings.deepspeed["zero_optimization"]["stage"] == 2
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["launch"] == {"nodes": 1}
+    assert (tmp_path / "config.yaml").read_bytes() == submitted     # config.yaml is the submit's, untouched
+    assert read_run_config(tmp_path).settings.deepspeed == "auto"
+    record = json.loads((tmp_path / CHOICE_FILE).read_text())
+    assert record["choice"] == "zero2" and record["config"] == resolved.deepspeed
+    monkeypatch.setenv("WORLD_SIZE", "1")   # a restart (one rank alone would take no DeepSpeed) keeps the choice
+    assert resolve_on_rank(cfg, "cpu").deepspeed == resolved.deepspeed

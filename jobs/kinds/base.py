@@ -23,6 +23,8 @@ class Submission:
     """The launch options as given (``spec`` holds them resolved, with a cluster profile's)."""
     origins: dict[str, str] = field(default_factory=dict)
     """Where each option's value came from (preset, config file, command line, a kind's default)."""
+    submit_job: Callable[..., Any] | None = None
+    """:func:`jobs.submit.submit_job`, for a kind whose job submits other jobs (the demo)."""
 
     def set_default(self, values: dict[str, Any], name: str, value: Any, origin: str) -> None:
         """``values[name] = value`` unless the user gave it, recording where it came from."""

@@ -12,17 +12,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.table import Table
 
 from jobs.kinds.base import Checked, JobKind, Submission
 from jobs.kinds.train import FINETUNE
 from jobs.options import train_config
-from jobs.submit import submit_job
 from llava_core.config import typed_from_dict
 from llava_core.console import console
-from llava_core.demo_assets import ensure_assets
+from llava_core.demo.assets import ensure_assets
 from llava_core.io import atomic_write_json
 
 
@@ -61,8 +60,8 @@ class DemoKind(JobKind):
         return DemoConfig.from_dict({"with_dpo": values.get("with_dpo", False), "finetune": finetune})
 
     def run_inline(self, checked: Checked, sub: Submission) -> dict[str, Any]:
-        return run_demo(sub.job_dir, str(sub.job.get("runs", "runs")), sub.launch, checked.settings.with_dpo,
-                        checked.settings.finetune)
+        return run_demo(sub.job_dir, str(sub.job.get("runs", "runs")), sub.launch, sub.submit_job,
+                        checked.settings.with_dpo, checked.settings.finetune)
 
 
 def _final_loss(job_dir: Path) -> float | None:
@@ -70,21 +69,22 @@ def _final_loss(job_dir: Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def _pope(model: Path, out: Path, data: str, image_folder: str, launch: dict[str, Any]) -> dict[str, Any]:
+def _pope(submit_job: Callable[..., Any], model: Path, out: Path, data: str, image_folder: str,
+          launch: dict[str, Any]) -> dict[str, Any]:
     submit_job("eval", wait=True, task="pope", model=str(model), data=data, output_dir=str(out),
                image_folder=image_folder, split="random,popular,adversarial", version="chat_template",
                prompt_suffix="", max_new_tokens=4, batch_size=32, **launch)
     return json.loads((out / "eval" / "pope.json").read_text())["metrics"]
 
 
-def _dpo(root: Path, launch: dict[str, Any]) -> dict[str, Any]:
+def _dpo(submit_job: Callable[..., Any], root: Path, launch: dict[str, Any]) -> dict[str, Any]:
     """HA-DPO on the finetuned model: it answers yes/no questions about every shape on new images,
     its answers become preference pairs (hallucinations weighted up), description pairs join them,
     then a ``dpo-tiny`` job. Returns the pair counts."""
-    from llava_core.demo_dpo import pairs_from_answers, write_dpo_data
+    from llava_core.demo.preference_pairs import pairs_from_answers, write_dpo_data
 
     data = write_dpo_data(root / "dpo-images", root, n_images=800)
-    _pope(root / "finetune" / "final", root / "dpo-answers", str(data["questions"]), str(root / "dpo-images"), launch)
+    _pope(submit_job, root / "finetune" / "final", root / "dpo-answers", str(data["questions"]), str(root / "dpo-images"), launch)
     counts = pairs_from_answers(data["questions"], root / "dpo-answers" / "eval" / "pope.json",
                                 root / "dpo_pairs.json", description_pairs=data["descriptions"])
     submit_job("dpo", wait=True, preset="dpo-tiny", model_name_or_path=str(root / "finetune" / "final"),
@@ -93,11 +93,11 @@ def _dpo(root: Path, launch: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
-def run_demo(root: Path, runs: str, launch: dict[str, Any], with_dpo: bool = False,
+def run_demo(root: Path, runs: str, launch: dict[str, Any], submit_job: Callable[..., Any], with_dpo: bool = False,
              finetune: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain, finetune and evaluate the tiny LLaVA in ``root`` (then DPO and evaluate again with
-    ``with_dpo``), each stage a job with the ``launch`` options that waits for the one before; print
-    and return the results. ``finetune``: further flags of the finetune stage."""
+    ``with_dpo``), each stage a job with the ``launch`` options, submitted through ``submit_job``
+    (:func:`jobs.submit.submit_job`), that waits for the one before; print and return the results. ``finetune``: further flags of the finetune stage."""
     t0 = time.time()
     assets = ensure_assets(Path(runs) / "assets")
     t_assets = time.time() - t0
@@ -115,15 +115,15 @@ def run_demo(root: Path, runs: str, launch: dict[str, Any], with_dpo: bool = Fal
                **common, **(finetune or {}))
     stages["finetune"] = time.time() - t
     t = time.time()
-    pope = _pope(root / "finetune" / "final", root / "eval", assets["pope"], assets["image_folder"], launch)
+    pope = _pope(submit_job, root / "finetune" / "final", root / "eval", assets["pope"], assets["image_folder"], launch)
     stages["eval"] = time.time() - t
     after_dpo = dpo_pairs = None
     if with_dpo:
         t = time.time()
-        dpo_pairs = _dpo(root, launch)
+        dpo_pairs = _dpo(submit_job, root, launch)
         stages["dpo"] = time.time() - t
         t = time.time()
-        after_dpo = _pope(root / "dpo" / "final", root / "eval-dpo", assets["pope"], assets["image_folder"], launch)
+        after_dpo = _pope(submit_job, root / "dpo" / "final", root / "eval-dpo", assets["pope"], assets["image_folder"], launch)
         stages["eval-dpo"] = time.time() - t
 
     summary = {"job_dir": str(root), "seconds": {"assets": round(t_assets, 1), **{k: round(v, 1) for k, v in stages.items()},

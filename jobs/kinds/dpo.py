@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.preemption import stop_requested
+from cluster.progress import step_poll
 from jobs.checks import FAILED, PASSED, Check, training_checks
 from jobs.kinds.base import Checked, Submission
-from jobs.kinds.train import TrainingKind
+from jobs.kinds.train import TrainingKind, resume_step
 from jobs.options import train_config
-from jobs.runner import prepare_rank
+from jobs.rank_setup import prepare_rank
 from llava_core.config import DPOConfig
 
 
@@ -24,9 +24,10 @@ class DPOTask:
     platform: str | None = None
 
     def __call__(self):
-        from llava_core.dpo import train_dpo
+        from llava_core.train.dpo import train_dpo
 
-        return train_dpo(prepare_rank(self.cfg, self.platform), should_stop=stop_requested)
+        should_stop = step_poll(resume_step(self.cfg.output_dir))  # a heartbeat per step (cluster.progress)
+        return train_dpo(prepare_rank(self.cfg, self.platform), should_stop=should_stop)
 
 
 class DPOKind(TrainingKind):

@@ -151,7 +151,7 @@ def _in_container(model: Path, sub: Submission) -> bool:
 def serve_checks(cfg: ServeConfig, sub: Submission) -> list[Check]:
     """The model folder, one process, the port (where it can be checked) and 4/8-bit support."""
     from cluster.launch import resolve_executor
-    from llava_core.inference import resolve_model_dir
+    from llava_core.model.inference import resolve_model_dir
 
     checks = []
     if not cfg.model:
@@ -176,7 +176,7 @@ def serve_checks(cfg: ServeConfig, sub: Submission) -> list[Check]:
                                                  f"--container-mounts {cfg.model}"))
     if cfg.load_in_8bit or cfg.load_in_4bit:
         flag = "--load_in_8bit" if cfg.load_in_8bit else "--load_in_4bit"
-        from llava_core.quantize import NVIDIA_ONLY, quantization_unavailable
+        from llava_core.model.quantize import NVIDIA_ONLY, quantization_unavailable
 
         why = (f"{NVIDIA_ONLY}, not on --platform {spec.platform}" if spec.platform not in NVIDIA_PLATFORMS
                else quantization_unavailable() if executor == "local" else None)

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.preemption import stop_requested
+from cluster.progress import step_poll
 from jobs.checks import training_checks
 from jobs.kinds.base import Checked, JobKind, Submission
 from jobs.options import HF_FIELDS, TRAIN_FIELDS, train_config
-from jobs.runner import prepare_rank
+from jobs.rank_setup import prepare_rank
 from llava_core.config import TrainConfig
-from llava_core.data import ValidationReport
+from llava_core.data.validation import ValidationReport
 
 
 @dataclass
@@ -25,9 +25,18 @@ class SupervisedTask:
     report: ValidationReport | None = None
 
     def __call__(self):
-        from llava_core.train import train
+        from llava_core.train.supervised import train
 
-        return train(prepare_rank(self.cfg, self.platform), should_stop=stop_requested, report=self.report)
+        should_stop = step_poll(resume_step(self.cfg.output_dir))  # a heartbeat per step (cluster.progress)
+        return train(prepare_rank(self.cfg, self.platform), should_stop=should_stop, report=self.report)
+
+
+def resume_step(output_dir: str) -> int:
+    """The step a training run in ``output_dir`` resumes at: its newest complete checkpoint's, or 0."""
+    from llava_core.train.checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(output_dir, quiet=True)
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 class TrainingKind(JobKind):
@@ -41,7 +50,7 @@ class TrainingKind(JobKind):
 
     def prepare(self, values: dict[str, Any], sub: Submission) -> dict[str, Any]:
         if sub.job.get("demo_assets"):
-            from llava_core.demo_assets import tiny_asset_values
+            from llava_core.demo.assets import tiny_asset_values
 
             for name, value in tiny_asset_values(Path(sub.job.get("runs", "runs")) / "assets").items():
                 sub.set_default(values, name, value, "demo assets")

@@ -76,9 +76,9 @@ def test_finetune_tiny_across_two_nodes(slurm_cluster, capsys):
 def start_checkpoint(slurm_cluster) -> Path:
     """A saved HF-format tiny LLaVA that both runs start from (the other start path than the
     assembly from parts that the first test takes)."""
-    from llava_core.demo_assets import tiny_asset_values
+    from llava_core.demo.assets import tiny_asset_values
     from jobs.options import train_config
-    from llava_core.model import build_model
+    from llava_core.model.build import build_model
 
     path = slurm_cluster / "start"
     cfg = train_config({**tiny_asset_values(slurm_cluster / "assets"), "output_dir": str(path), "version": "v1"})

@@ -34,10 +34,12 @@ from peft import PeftModel
 
 from llava_core.config import DPO_LOSS_TYPES as LOSS_TYPES
 from llava_core.config import DPOConfig, TrainConfig
-from llava_core.data import IGNORE_INDEX, Encoder, ImageLoader, n_image_tokens
-from llava_core.dpo_data import DPOCollator, DPODataset, read_dpo_records
+from llava_core.data.encoding import IGNORE_INDEX, Encoder, n_image_tokens
+from llava_core.data.images import ImageLoader
+from llava_core.data.preference import DPOCollator, DPODataset, read_dpo_records
 from llava_core.io import atomic_file
-from llava_core.train import LlavaTrainer, TrainResult, run_training
+from llava_core.train.loop import TrainResult, run_training
+from llava_core.train.trainer import LlavaTrainer
 
 REFERENCE_FILE = "reference_logps.pt"
 
@@ -81,7 +83,7 @@ def _pad_cat(a: torch.Tensor, b: torch.Tensor, value: int) -> torch.Tensor:
 
 class DPOTrainer(LlavaTrainer):
     """The training Trainer (per-part learning rates, e.g. HA-DPO's ``mm_projector_lr 0``) with the
-    DPO loss over batches from :class:`llava_core.dpo_data.DPOCollator`.
+    DPO loss over batches from :class:`llava_core.data.preference.DPOCollator`.
 
     Batches hold ``chosen_/rejected_`` ``input_ids``, ``attention_mask``, ``labels``, the shared
     ``pixel_values`` (if the pairs have images) and the dataset ``index`` of each pair. The training arguments must have

@@ -1,7 +1,9 @@
-"""Assemble and load transformers' LlavaForConditionalGeneration from any vision tower and LLM."""
+"""The model: transformers' LLaVA class, loaded from a checkpoint or assembled from a vision tower
+and an LLM with a fresh projector; its processor; a weightless skeleton; the projector in LLaVA's
+own format.
+"""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,10 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from llava_core.compat import dtype_kwargs, llava_load_kwargs
 from llava_core.config import TrainConfig
-from llava_core.data import image_token_count
-from llava_core.quantize import qlora_load_kwargs
-from llava_core.llava_original import as_parts, is_original
+from llava_core.data.encoding import image_token_count
+from llava_core.model.llava_original import as_parts, is_original
+from llava_core.model.quantize import qlora_load_kwargs
 
-log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 
 
@@ -230,26 +231,3 @@ def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[L
 def load_llava(path: str | Path, dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> LlavaForConditionalGeneration:
     """An HF-format LLaVA from ``path``, written by either library stack (``compat.llava_load_kwargs``)."""
     return LlavaForConditionalGeneration.from_pretrained(path, **dtype_kwargs(dtype), **llava_load_kwargs(path), **kwargs)
-
-
-def language_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The language model (decoder stack) of a (possibly PEFT-wrapped) Llava model."""
-    for module in model.modules():
-        if type(module).__name__.endswith("ForConditionalGeneration") and hasattr(module, "model"):
-            return module.model.language_model
-    raise ValueError("no Llava language model found")
-
-
-def text_configs(model: torch.nn.Module) -> list:
-    """Every config object the language model reads: `config.text_config`, and the LLM's own
-    config when the model was assembled from a separately loaded LLM."""
-    configs = {id(model.config.get_text_config()): model.config.get_text_config()}
-    for module in language_model(model).modules():
-        if getattr(module, "config", None) is not None:
-            configs[id(module.config)] = module.config
-    return list(configs.values())
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder layers of a (possibly PEFT-wrapped) Llava model's language model."""
-    return language_model(model).layers

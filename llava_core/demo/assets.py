@@ -203,7 +203,14 @@ def build_tiny_parts(out: str | Path, seed: int = 0, vision_steps: int = 150) ->
     Returns ``llm`` and ``vision`` folders for ``--model_name_or_path`` and ``--vision_tower``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     out = Path(out)
     torch.manual_seed(seed)

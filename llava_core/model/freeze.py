@@ -1,19 +1,15 @@
-"""Freeze plans over the named parts of a LLaVA model, LoRA, and the parameter report."""
+"""Freeze plans: which named parts of the model train (projector, LLM, lm_head, vision tower, or
+modules by pattern), and the per-part parameter report printed at the start of a run.
+"""
 from __future__ import annotations
 
 import re
 
 import torch
-from transformers import LlavaForConditionalGeneration
 
 from llava_core.config import TrainConfig
-
-PARTS = {
-    "vision_tower": "vision_tower.",
-    "projector": "multi_modal_projector.",
-    "llm": "language_model.",
-    "lm_head": "lm_head.",
-}
+from llava_core.model.lora import wrap_lora
+from llava_core.model.parts import PARTS
 
 
 def part_of(name: str) -> str:
@@ -68,28 +64,10 @@ def apply_freeze_plan(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Modu
         raise ValueError(f"--bits {cfg.bits} (QLoRA) trains LoRA adapters over frozen quantized weights: add --lora_enable True")
     parts = trainable_parts(cfg)
     if cfg.lora_enable and not cfg.tune_mm_mlp_adapter:
-        return _wrap_lora(model, cfg, parts)
+        return wrap_lora(model, cfg, parts)
     for name, p in model.named_parameters():
         p.requires_grad = part_of(name) in parts
     return model
-
-
-def lora_target_regex(model: LlavaForConditionalGeneration) -> str:
-    """A regex for every nn.Linear inside the language model (never the vision tower or projector)."""
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and PARTS["llm"] in n})
-    return r".*language_model\..*\.(" + "|".join(map(re.escape, leaves)) + r")$"
-
-
-def _wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if cfg.bits != 16:  # QLoRA: norms and the unquantized parts in fp32, as LLaVA (checkpointing: train.py)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    to_save = [{"projector": "multi_modal_projector", "vision_tower": "vision_tower"}[p] for p in sorted(parts)]
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.lora_bias,
-                        target_modules=lora_target_regex(model), modules_to_save=to_save or None)
-    return get_peft_model(model, config)
 
 
 def parameter_report(model: torch.nn.Module) -> list[tuple[str, int, int]]:

@@ -61,9 +61,9 @@ def prepare_rank(cfg: TrainConfig, platform_name: str | None) -> TrainConfig:
     offline (the cache or a local path, no hub retries), ``--deepspeed auto`` chosen for this rank's
     GPU when the submit left it to the ranks; rank 0 prints the changes and writes
     ``env.json`` (host, world size, platform, git revision, versions)."""
+    from jobs.quiet import quiet
     from jobs.zero_choice import resolve_on_rank
-    from llava_core.hub import locate_models
-    from llava_core.quiet import quiet
+    from llava_core.model.hub import locate_models
 
     quiet()
     cfg, changes, name = apply_platform(cfg, platform_name)

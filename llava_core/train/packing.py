@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from llava_core.compat import causal_sdpa, varlen_attention
-from llava_core.data import IGNORE_INDEX
-from llava_core.model import text_configs
+from llava_core.data.encoding import IGNORE_INDEX
+from llava_core.model.parts import text_configs
 
 VARLEN_ATTENTION = "llava_varlen"
 

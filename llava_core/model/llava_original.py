@@ -12,7 +12,7 @@ config of a new LLaVA assembled from its parts (``llava_core.model.assemble``): 
 links to the checkpoint's files with a plain LLM config.json), the vision tower and the projector
 (``mm_projector.bin``, LLaVA's stage-1 format), with the checkpoint's projector and feature settings.
 Out: :func:`original_config` and :func:`original_weights` give config.json and the weights under
-LLaVA's names (``llava_core.export.save_llava_original`` writes them).
+LLaVA's names (``llava_core.model.export.save_llava_original`` writes them).
 """
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ from packaging.version import Version
 
 from llava_core.compat import TORCH
 from llava_core.config import TrainConfig
-from llava_core.hub import ModelNotFoundError, hub_unavailable, locate, looks_local
 from llava_core.io import atomic_write_json
+from llava_core.model.hub import (
+    ModelNotFoundError,
+    hub_unavailable,
+    locate,
+    looks_local,
+)
 
 # LLaVA's architecture -> (the LLM's model_type and class, LLaVA's model_type as its code writes it)
 ARCHITECTURES = {"LlavaLlamaForCausalLM": ("llama", "LlamaForCausalLM", "llava_llama"),

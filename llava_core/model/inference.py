@@ -15,10 +15,10 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from llava_core.config import TrainConfig
-from llava_core.conversation import generation_prompt, place_images, render
-from llava_core.hub import locate, locate_models
-from llava_core.model import build_model, load_for_inference, load_llava
-from llava_core.quantize import inference_bits, quantized_load_kwargs
+from llava_core.data.conversation import generation_prompt, place_images, render
+from llava_core.model.build import build_model, load_for_inference, load_llava
+from llava_core.model.hub import locate, locate_models
+from llava_core.model.quantize import inference_bits, quantized_load_kwargs
 from llava_core.run_config import read_run_config
 
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")

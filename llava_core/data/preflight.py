@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
 import os
-import itertools
 import queue
 import traceback
 from array import array
 from pathlib import Path
 from typing import Any
 
-from llava_core.data import Checker, Encoder, Problem, RecordStream, ValidationReport, check_level, data_files
+from llava_core.data.encoding import Encoder
+from llava_core.data.records import RecordStream, data_files
+from llava_core.data.validation import Checker, Problem, ValidationReport, check_level
 from llava_core.io import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def _images_unchanged(folder: str | None, images: list[list]) -> int:
 
 def _check_chunk(check: Checker, items: list[tuple]) -> tuple[list, list]:
     """(global index, signed length or Problem) for each item of a chunk, and the images checked."""
-    from llava_core.data import Record
+    from llava_core.data.records import Record
 
     first = len(check.checked)
     out = [(g, check(Record(source, index, data))) for g, source, index, data in items]

@@ -17,7 +17,18 @@ comparison (within 10% on an H100 for 7 runs).
 
 from __future__ import annotations
 
+import json
+import os
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from llava_core.config import TrainConfig
 
 GIB = 1024**3
 # Bytes saved for backward per token by one Llama decoder layer, per unit of hidden size: two
@@ -188,3 +199,58 @@ def auto_checkpointed_layers(job: JobShape, gpu_gib: float | None) -> int:
         return 0
     needed = checkpointed_layers_needed(job, AUTO_CHECKPOINT_SHARE * gpu_gib)
     return job.layers if needed is None else needed
+
+
+def deepspeed_zero(deepspeed: str | dict | None) -> tuple[int, bool]:
+    """(ZeRO stage, optimizer offloaded) of a DeepSpeed config given as a dict or a JSON path."""
+    if not deepspeed:
+        return 0, False
+    config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    zero = config.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    return int(zero.get("stage", 0)), offload
+
+
+def micro_batch_tokens(lengths: Sequence[int], batch: int, packed: bool, seed: int = 0) -> int:
+    """Tokens of a heavy micro batch (99.9th percentile of 2000 random batches): the sum of the
+    lengths when packed, batch x the longest when padded."""
+    rng = random.Random(seed)
+    sizes = [abs(n) for n in lengths]
+    draws = sorted(
+        (sum(pick) if packed else batch * max(pick)) for pick in (rng.choices(sizes, k=batch) for _ in range(2000))
+    )
+    return draws[int(0.999 * (len(draws) - 1))]
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def job_shape(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> JobShape:
+    """The memory-relevant shape of training `model` (after its freeze plan) per `cfg` on `lengths`."""
+    llava = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = llava.config.get_text_config()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    projector = _numel(llava.model.multi_modal_projector)
+    llm_trainable = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and "language_model" in n)
+    train = "full" if llm_trainable else "lora" if cfg.lora_enable else "projector"
+    stage, offload = deepspeed_zero(cfg.deepspeed)
+    tokens = micro_batch_tokens(lengths, cfg.per_device_train_batch_size, cfg.packing)
+    return JobShape(
+        vision_params=_numel(llava.model.vision_tower), projector_params=projector,
+        llm_params=_numel(llava.model.language_model) + llava.lm_head.weight.numel(),
+        hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
+        kv_dim=text.num_key_value_heads * (text.hidden_size // text.num_attention_heads), vocab=text.vocab_size,
+        train=train, tokens=tokens, logit_tokens=tokens, images=cfg.per_device_train_batch_size,
+        lora_params=trainable - projector if train == "lora" else 0,
+        precision="deepspeed_bf16" if cfg.deepspeed else "autocast", zero_stage=stage, offload_optimizer=offload,
+        world_size=int(os.environ.get("WORLD_SIZE", "1")), compiled=cfg.compile_layers,
+        accumulation_steps=cfg.gradient_accumulation_steps,
+    )
+
+
+def local_gpu_gib() -> float | None:
+    """Memory of this process's GPU in GiB, or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 1024**3

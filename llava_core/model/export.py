@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from llava_core import llava_original
 from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
-from llava_core.conversation import chat_template
+from llava_core.data.conversation import chat_template
 from llava_core.io import atomic_dir, atomic_write_json
-from llava_core.model import build_model, load_llava, projector_state_llava_format
+from llava_core.model import llava_original
+from llava_core.model.build import build_model, load_llava, projector_state_llava_format
 
 FORMATS = ("hf", "llava")
 """``hf``: transformers' LlavaForConditionalGeneration; ``llava``: LLaVA's original format."""

@@ -15,8 +15,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from llava_core.conversation import ConversationError
-from llava_core.data import Collator, Encoder, ImageLoader, Record
+from llava_core.data.conversation import ConversationError
+from llava_core.data.dataset import Collator
+from llava_core.data.encoding import Encoder
+from llava_core.data.images import ImageLoader
+from llava_core.data.records import Record
 from llava_core.eval.records import read_records
 from llava_core.io import atomic_write_json, load_json
 

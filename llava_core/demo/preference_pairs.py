@@ -10,7 +10,7 @@
    other one (the model's own answer where it was wrong), and every hallucination (yes about an
    absent shape) is repeated so the pairs weigh against saying yes to what is not there.
 
-The held-out POPE question files are those of :func:`llava_core.demo_assets.generate_shapes`.
+The held-out POPE question files are those of :func:`llava_core.demo.assets.generate_shapes`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import json
 import random
 from pathlib import Path
 
-from llava_core.demo_assets import COLOURS, SHAPES, Scene, absent_shape, caption, draw, random_scene
+from llava_core.demo.assets import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    absent_shape,
+    caption,
+    draw,
+    random_scene,
+)
 from llava_core.eval.records import read_records
 from llava_core.io import atomic_write_json, atomic_write_text, load_json
 

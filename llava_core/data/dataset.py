@@ -1,0 +1,172 @@
+"""The training set (validated records, encoded and their images loaded on access), its padded
+batches and LLaVA's modality-grouped sampler.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from llava_core.data.encoding import IGNORE_INDEX, Encoder
+from llava_core.data.images import ImageLoader
+from llava_core.data.records import Record
+from llava_core.data.validation import ValidationReport
+from llava_core.io import append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+class SampleLoadError(RuntimeError):
+    """A sample that passed validation failed to load in training, under ``on_bad_sample=fail``."""
+
+
+class LazySupervisedDataset(Dataset):
+    """Validated records, encoded and their images loaded on access.
+
+    A sample that fails to load (an image changed since validation) stops training with
+    ``on_bad_sample="fail"``, naming the record; with ``skip`` the next sample is used and the
+    failure counted, in ``failure_log`` (JSON lines, shared by ranks and loader workers) when given.
+    """
+
+    def __init__(self, records: list[Record], report: ValidationReport, encoder: Encoder, images: ImageLoader | None,
+                 on_bad_sample: str = "fail", failure_log: str | os.PathLike | None = None):
+        self.records = [records[i] for i in report.good]
+        self.lengths = report.lengths
+        self.encoder = encoder
+        self.images = images
+        self.on_bad_sample = on_bad_sample
+        self.failure_log = Path(failure_log) if failure_log else None
+        self.runtime_failures = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """Token lengths, negative for text-only samples (LLaVA's convention)."""
+        return self.lengths
+
+    @property
+    def load_failures(self) -> int:
+        """Samples skipped at load time: by every process writing ``failure_log``, else by this one."""
+        if self.failure_log is None:
+            return self.runtime_failures
+        return len(read_jsonl(self.failure_log))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        for k in range(len(self.records)):
+            rec = self.records[(i + k) % len(self.records)]
+            try:
+                item: dict[str, Any] = dict(self.encoder.encode(rec))
+                if rec.images:
+                    item["pixel_values"] = torch.stack([self.images.load(name) for name in rec.images])
+                return item
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                if self.on_bad_sample == "fail":
+                    raise SampleLoadError(f"{rec.where}: failed to load: {e} (--on_bad_sample fail stops the job; "
+                                          "skip drops such samples and counts them)") from e
+                self.runtime_failures += 1
+                log.warning("skipping %s at load time: %s (failures so far: %d)", rec.where, e, self.runtime_failures)
+                if self.failure_log is not None:
+                    append_jsonl(self.failure_log, {"record": rec.where, "error": str(e), "rank": int(os.environ.get("RANK", "0")),
+                                                    "pid": os.getpid()})
+        raise RuntimeError("no loadable sample in the dataset")
+
+
+@dataclass
+class Collator:
+    """Right-pad ids and labels; stack the images of the batch in order."""
+
+    pad_token_id: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(x["input_ids"]) for x in items)
+        ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for b, x in enumerate(items):
+            n = len(x["input_ids"])
+            ids[b, :n] = torch.tensor(x["input_ids"])
+            labels[b, :n] = torch.tensor(x["labels"])
+            mask[b, :n] = 1
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        pixels = [x["pixel_values"] for x in items if "pixel_values" in x]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+        return batch
+
+
+def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, image: torch.Tensor) -> dict[str, Any]:
+    """``batch`` plus one black ``image`` (1, C, H, W) behind ``n_tokens`` image placeholders whose
+    labels are ignored: an extra right-padded row of a padded batch (``Collator``), an extra segment
+    of a packed one (``PackingCollator``). The loss is unchanged, and the model runs its vision tower
+    and projector, which a rank with a text-only batch must do when others have images: under ZeRO-3
+    every rank gathers the same parameters in the same order, and their gradients (zeros here) are
+    reduced together."""
+    ids = batch["input_ids"]
+    row = torch.full((1, n_tokens), image_token_id, dtype=ids.dtype, device=ids.device)
+    out = {**batch, "pixel_values": image}
+    if "cu_seq_lens_q" in batch:
+        out["input_ids"] = torch.cat([ids, row], 1)
+        out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(n_tokens, device=ids.device)[None]], 1)
+        bounds = batch["cu_seq_lens_q"]
+        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = torch.cat([bounds, bounds[-1:] + n_tokens])
+        out["max_length_q"] = out["max_length_k"] = max(batch["max_length_q"], n_tokens)
+        if "labels" in batch:
+            out["labels"] = torch.cat([batch["labels"], torch.full_like(row, IGNORE_INDEX)], 1)
+        return out
+    width = max(ids.shape[1], n_tokens)
+
+    def stack(tensor: torch.Tensor, extra: torch.Tensor, pad: int) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in (tensor, extra)])
+
+    out["input_ids"] = stack(ids, row, 0)
+    if "attention_mask" in batch:
+        out["attention_mask"] = stack(batch["attention_mask"], torch.ones_like(row), 0)
+    if "labels" in batch:
+        out["labels"] = stack(batch["labels"], torch.full_like(row, IGNORE_INDEX), IGNORE_INDEX)
+    return out
+
+
+class ModalityLengthGroupedSampler(Sampler[int]):
+    """LLaVA's ``group_by_modality_length``: image and text-only samples never share a batch, and
+    each megabatch (batch x world x accumulation) is sorted by length. Deterministic per (seed, epoch).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, group: int, seed: int = 0):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.megabatch = batch_size * group
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _chunks(self, indices: list[int], rng: random.Random) -> list[list[int]]:
+        rng.shuffle(indices)
+        megas = [indices[i : i + self.megabatch] for i in range(0, len(indices), self.megabatch)]
+        return [sorted(m, key=lambda j: -abs(self.lengths[j])) for m in megas]
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed * 1000003 + self.epoch)
+        mm = [i for i, n in enumerate(self.lengths) if n > 0]
+        text = [i for i, n in enumerate(self.lengths) if n < 0]
+        megas = self._chunks(mm, rng) + self._chunks(text, rng)
+        full = [m for m in megas if len(m) == self.megabatch]
+        partial = [m for m in megas if len(m) != self.megabatch]
+        rng.shuffle(full)
+        tail = sorted((i for m in partial for i in m), key=lambda j: -abs(self.lengths[j]))
+        for m in full:
+            yield from m
+        yield from tail
