@@ -68,32 +68,30 @@ _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
           "`", ",", "?", "!"]
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
-# The contracted forms of the VQA evaluator's table; each maps from its apostrophe-less spellings.
-_CONTRACTED = """ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't
-hadn't've hasn't haven't he'd he'd've he's how'd how'll how's I'd I'd've I'm I've isn't it'd it'd've
-it'll let's ma'am mightn't mightn't've might've mustn't must've needn't not've o'clock oughtn't
-'ow's'at shan't she'd've she'd she's should've shouldn't shouldn't've somebody'd somebody'd've
-somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've
-something'll that's there'd there'd've there're there's they'd they'd've they'll they're they've
-'twas wasn't we'd've we'd we'll we're we've weren't what'll what're what's what've when's where'd
-where's where've who'd who'd've who'll who's who've why'll why're why's won't would've wouldn't
-wouldn't've y'all y'all'll y'all'd've you'd you'd've you'll you're you've""".split()
-
-
-def _contraction_table() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for form in _CONTRACTED:
-        parts = form.split("'")
-        # every spelling that drops one or more of the apostrophes
-        for mask in range(2 ** (len(parts) - 1) - 1):
-            spelled = parts[0]
-            for i, part in enumerate(parts[1:]):
-                spelled += ("'" if mask >> i & 1 else "") + part
-            table[spelled] = form
-    return table
-
-
-_CONTRACTIONS = _contraction_table()
+# The VQA evaluator's contraction table as it acts (its keys are looked up after lower-casing, so
+# its capitalised keys never match): each contracted form, then the spellings that map to it; its
+# quirks kept ("somebody'd" -> "somebodyd", no "were" or "well" entries).
+_CONTRACTION_TABLE = """ain't:aint aren't:arent can't:cant could've:couldve couldn't:couldnt
+couldn't've:couldn'tve,couldnt've didn't:didnt doesn't:doesnt don't:dont hadn't:hadnt
+hadn't've:hadnt've,hadn'tve hasn't:hasnt haven't:havent he'd:hed he'd've:hed've,he'dve he's:hes
+how'd:howd how'll:howll how's:hows isn't:isnt it'd:itd it'd've:itd've,it'dve it'll:itll ma'am:maam
+mightn't:mightnt mightn't've:mightnt've,mightn'tve might've:mightve mustn't:mustnt must've:mustve
+needn't:neednt not've:notve o'clock:oclock oughtn't:oughtnt 'ow's'at:ow's'at,'ows'at,'ow'sat
+shan't:shant she'd've:shed've,she'dve should've:shouldve shouldn't:shouldnt
+shouldn't've:shouldnt've,shouldn'tve somebodyd:somebody'd somebody'd've:somebodyd've,somebody'dve
+somebody'll:somebodyll somebody's:somebodys someone'd:someoned someone'd've:someoned've,someone'dve
+someone'll:someonell someone's:someones something'd:somethingd
+something'd've:somethingd've,something'dve something'll:somethingll that's:thats there'd:thered
+there'd've:thered've,there'dve there're:therere there's:theres they'd:theyd
+they'd've:theyd've,they'dve they'll:theyll they're:theyre they've:theyve 'twas:twas wasn't:wasnt
+we'd've:wed've,we'dve we've:weve weren't:werent what'll:whatll what're:whatre what's:whats
+what've:whatve when's:whens where'd:whered where's:wheres where've:whereve who'd:whod
+who'd've:whod've,who'dve who'll:wholl who's:whos who've:whove why'll:whyll why're:whyre why's:whys
+won't:wont would've:wouldve wouldn't:wouldnt wouldn't've:wouldnt've,wouldn'tve y'all:yall
+y'all'll:yall'll,y'allll y'all'd've:yall'd've,y'alld've,y'all'dve you'd:youd
+you'd've:youd've,you'dve you'll:youll you're:youre you've:youve"""
+_CONTRACTIONS = {spelling: form for entry in _CONTRACTION_TABLE.split()
+                 for form, spellings in [entry.split(":", 1)] for spelling in spellings.split(",")}
 
 
 def vqa_normalize(answer: str) -> str:
@@ -107,7 +105,7 @@ def vqa_normalize(answer: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    out = _PERIOD_STRIP.sub("", out)
+    out = _PERIOD_STRIP.sub("", out, 32)   # the evaluator passes re.UNICODE (32) as the count
     words = [_NUMBERS.get(w, w) for w in out.split()]
     words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
     return " ".join(words)
