@@ -1,11 +1,11 @@
-"""``eval``: POPE, VQA or captioning metrics of a trained model, generation sharded over the
-job's ranks. Settings: :class:`llava_core.eval.config.EvalConfig`; rank 0 writes
-``<job_dir>/eval/<task>.json``."""
+"""``eval``: a benchmark (POPE, MMBench, TextVQA, MME, GQA, ScienceQA, SEED-Bench, VQAv2, medical
+VQA) or VQA / captioning metrics of a trained model, generation sharded over the job's ranks and
+resumed from the answers already written. Settings: :class:`llava_core.eval.config.EvalConfig`;
+rank 0 writes ``<job_dir>/eval/<task>.json``."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from jobs.checks import FAILED, PASSED, Check
@@ -43,7 +43,7 @@ class EvalTask:
 
 class EvalKind(JobKind):
     name = "eval"
-    summary = "POPE, VQA or captioning metrics, generation sharded over the ranks"
+    summary = "benchmarks (pope, mmbench, textvqa, mme, gqa, scienceqa, seed, vqav2, medvqa), vqa, caption"
     settings_class = EvalConfig
 
     def prepare(self, values: dict[str, Any], sub: Submission) -> dict[str, Any]:
@@ -61,10 +61,11 @@ class EvalKind(JobKind):
 
 
 def eval_checks(cfg: EvalConfig) -> list[Check]:
-    """The required flags, the model folder and the task's files."""
-    from llava_core.inference import resolve_model_dir
+    """The required flags, the model folder and the benchmark's files in their published layout."""
+    from llava_core.eval.benchmarks import get_benchmark
+    from llava_core.model.inference import resolve_model_dir
 
-    missing = [f"--{key}" for key in ("task", "model", "data", "image_folder") if not getattr(cfg, key)]
+    missing = [f"--{key}" for key in ("task", "model", "data") if not getattr(cfg, key)]
     if missing:
         return [Check("options", FAILED, f"{', '.join(missing)} required for an eval job")]
     checks = []
@@ -72,10 +73,10 @@ def eval_checks(cfg: EvalConfig) -> list[Check]:
         checks.append(Check("model", PASSED, str(resolve_model_dir(cfg.model))))
     except (FileNotFoundError, ValueError) as e:
         checks.append(Check("model", FAILED, str(e)))
-    missing_files = [f"--{key} {getattr(cfg, key)}: not found" for key in ("data", "image_folder")
-                     if not Path(getattr(cfg, key)).exists()]
-    checks.append(Check("data", FAILED, "; ".join(missing_files)) if missing_files
-                  else Check("data", PASSED, f"{cfg.task}: {cfg.data}, images in {cfg.image_folder}"))
+    try:
+        checks.append(Check("data", PASSED, get_benchmark(cfg.task).locate(cfg)))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        checks.append(Check("data", FAILED, str(e)))
     return checks
 
 

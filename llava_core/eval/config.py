@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from llava_core.config import PROMPT_VERSIONS, typed_from_dict
-from llava_core.eval.pope import POPE_SPLITS
 
-TASKS = ("pope", "vqa", "caption")
+TASKS = ("pope", "vqa", "caption", "mmbench", "textvqa", "mme", "gqa", "scienceqa", "seed", "vqav2", "medvqa")
+"""The names of :data:`llava_core.eval.benchmarks.BENCHMARKS` (kept here so settings load without torch)."""
+DEFAULT_BATCH_SIZE = 8
+"""Prompts per generation batch and rank unless ``--batch_size`` says otherwise (to be set from the
+GPU measurement in docs/performance.md)."""
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLaVA's caption prompt
 
 
@@ -17,24 +20,30 @@ class EvalConfig:
     """One benchmark run of one model. Defaults follow LLaVA-1.5's eval scripts."""
 
     task: str = ""
-    """pope, vqa (exact match and VQA accuracy) or caption (BLEU, ROUGE-L, CIDEr, METEOR)."""
+    """pope, vqa (exact match and VQA accuracy), caption (BLEU, ROUGE-L, CIDEr, METEOR), or a
+    benchmark read from its published layout: mmbench, textvqa, mme, gqa, scienceqa, seed, vqav2,
+    medvqa."""
     model: str = ""
     """An HF-format folder, a run folder (its final/), a LoRA adapter or a checkpoint folder."""
     data: str = ""
     """POPE: the folder of per-split question files (or one file); VQA: questions with answers
-    (JSONL/JSON); caption: COCO captions JSON."""
+    (JSONL/JSON); caption: COCO captions JSON; a benchmark: its folder as published (docs/eval-and-dpo.md)."""
     image_folder: str = ""
-    """Folder that the questions' image names are relative to."""
-    split: str = ",".join(POPE_SPLITS)
-    """POPE splits to run, comma-separated."""
+    """Folder that the questions' image names are relative to (benchmarks: their own image folder
+    inside --data unless given)."""
+    split: str = ""
+    """POPE: splits to run, comma-separated (default all three); mmbench: the TSV's name when the
+    folder has several; scienceqa: the split (test); vqav2: test-dev2015 (default), val2014..."""
     version: str = "v1"
     """The prompt format the model was trained with (LLaVA names: v1, plain, chat_template...)."""
     prompt_suffix: str | None = None
-    """Appended to POPE/VQA questions; None: LLaVA's "Answer the question using a single word or phrase."."""
+    """Appended to each question; None: the task's LLaVA-1.5 suffix ("Answer the question using a
+    single word or phrase.", or "Answer with the option's letter from the given choices directly."
+    for mmbench, scienceqa and seed; none for medvqa and caption)."""
     caption_prompt: str = CAPTION_PROMPT
     """The instruction of caption tasks."""
-    batch_size: int = 8
-    """Prompts per generation batch and rank."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Prompts per generation batch and rank (each rank answers its longest prompts first)."""
     max_new_tokens: int = 32
     """The longest answer, in tokens."""
     meteor: bool | None = None

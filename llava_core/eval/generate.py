@@ -7,6 +7,7 @@ rank returns the same full list. Without a process group it runs everything in o
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import torch
@@ -21,11 +22,20 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+ImageSource = str | bytes | None
+"""An image file's path, an encoded image's bytes (MMBench's base64 column, decoded), or no image."""
+
+
+def open_image(source: str | bytes) -> Image.Image:
+    """The RGB image at a path or in encoded bytes."""
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source).convert("RGB")
+
+
 @torch.no_grad()
-def generate_answers(model, processor, prompts: Sequence[str], images: Sequence[str | None],
+def generate_answers(model, processor, prompts: Sequence[str], images: Sequence[ImageSource],
                      batch_size: int = 8, max_new_tokens: int = 32) -> list[str]:
     """Greedy answers to ``prompts`` (full prompt strings with one ``<image>`` placeholder where
-    an image is given), in input order. ``images`` holds an image path or None per prompt."""
+    an image is given), in input order. ``images`` holds an image path, bytes or None per prompt."""
     if len(prompts) != len(images):
         raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
     rank, world = rank_and_world()
@@ -45,12 +55,13 @@ def generate_answers(model, processor, prompts: Sequence[str], images: Sequence[
     return merged
 
 
-def generate_batch(model, processor, prompts: Sequence[str], images: Sequence[str | None],
+@torch.no_grad()
+def generate_batch(model, processor, prompts: Sequence[str], images: Sequence[ImageSource],
                    max_new_tokens: int) -> list[str]:
     """Greedy answers for one left-padded batch."""
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    pil = [Image.open(p).convert("RGB") for p in images if p is not None]
+    pil = [open_image(p) for p in images if p is not None]
     # the prompts are fully rendered (BOS included where the format has one), as in training
     inputs = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True,
                        add_special_tokens=False)
