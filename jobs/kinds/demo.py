@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,14 +19,15 @@ from rich.table import Table
 from jobs.kinds.base import Checked, JobKind, Submission
 from jobs.kinds.train import FINETUNE
 from jobs.options import train_config
-from llava_core.config import typed_from_dict
+from jobs.results import headline, results_table
+from llava_core.config import Settings
 from llava_core.console import console
 from llava_core.demo.assets import ensure_assets
 from llava_core.io import atomic_write_json
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Settings):
     """The demo's own options. Its launch options (--executor...) apply to every stage, and any
     finetune flag (python -m jobs.submit finetune --help) to stage 2."""
 
@@ -35,14 +36,6 @@ class DemoConfig:
     finetune: dict[str, Any] = field(default_factory=dict)
     """Further flags of the finetune stage (e.g. ``--num_train_epochs 1``)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (YAML/JSON-safe)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DemoConfig":
-        """Build from flags; unknown names are an error."""
-        return typed_from_dict(cls, values)
 
 
 class DemoKind(JobKind):
@@ -145,18 +138,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         loss = summary["final_loss"].get(stage)
         table.add_row(stage, f"{seconds:.1f}", f"{loss:.3f}" if loss is not None else "")
     out.print(table)
-    pope = Table(title="POPE-style yes/no on held-out images (chance: 0.50)")
-    with_dpo = bool(summary.get("pope_after_dpo"))
-    for col in ("split", *(["model"] if with_dpo else []), "accuracy", "precision", "recall", "F1", "yes-ratio",
-                "yes on absent"):
-        pope.add_column(col)
-    for model, key in (("finetuned", "pope"), ("+ DPO", "pope_after_dpo")):
-        for split, m in (summary.get(key) or {}).items():
-            if isinstance(m, dict) and "accuracy" in m:
-                pope.add_row(split, *([model] if with_dpo else []),
-                             *(f"{m[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")),
-                             f"{m['FP']}/{m['FP'] + m['TN']}")
-    out.print(pope)
+    models = {label: summary[key] for label, key in (("finetuned", "pope"), ("+ DPO", "pope_after_dpo"))
+              if summary.get(key)}
+    out.print(results_table({label: headline("pope", m) for label, m in models.items()},
+                            title="POPE-style yes/no on held-out images (chance: 0.50)"))
+    for label, m in models.items():
+        out.print(f"{label}: yes about absent shapes " + ", ".join(
+            f"{split} {r['FP']}/{r['FP'] + r['TN']}" for split, r in m.items()))
     if summary.get("dpo_pairs"):
         c = summary["dpo_pairs"]
         out.print(f"DPO pairs: {c['pairs']}: {c['pope_pairs']} yes/no from the finetuned model's answers to "

@@ -62,3 +62,18 @@ def test_mmbench_eval_job(model, tmp_path):
                output_dir=str(tmp_path / "job"), executor="local")
     doc = json.loads((tmp_path / "job" / "eval" / "mmbench.json").read_text())
     assert doc["metrics"]["questions"] == 3 and len(doc["samples"]) == 9
+
+
+def test_results_table_and_chart_of_two_runs(tmp_path, capsys):
+    from jobs.results import main
+
+    for run, acc in (("base", 0.5), ("dpo", 0.75)):
+        (tmp_path / run / "eval").mkdir(parents=True)
+        (tmp_path / run / "eval" / "gqa.json").write_text(json.dumps(
+            {"task": "gqa", "metrics": {"n": 4, "accuracy": acc, "structural": {}, "semantic": {}}}))
+        (tmp_path / run / "eval" / "mme.json").write_text(json.dumps(
+            {"task": "mme", "metrics": {"subtasks": {}, "perception": 1500.0 + 100 * acc, "cognition": 300.0}}))
+    main(str(tmp_path / "base"), str(tmp_path / "dpo"), png=str(tmp_path / "r.png"))
+    out = capsys.readouterr().out
+    assert "GQA" in out and "0.750" in out and "1575.0" in out and "MME cognition" in out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
