@@ -14,13 +14,7 @@ from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
 from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.model.quantize import memory_line
-from llava_core.run_config import read_run_config
-
-
-def trained_version(model: str) -> str:
-    """The prompt format of the run ``model`` belongs to (its config.yaml), else v1."""
-    saved = read_run_config(model)
-    return str(getattr(saved.settings, "version", "v1")) if saved is not None else "v1"
+from llava_core.run_config import trained_version
 
 
 def main(prompt: str | None = None, model: str = "", image: str | None = None,
@@ -46,7 +40,7 @@ def main(prompt: str | None = None, model: str = "", image: str | None = None,
         raise UsageError("--model RUN_OR_PATH is required (python -m jobs.chat --help)")
     if image is not None and not Path(image).is_file():
         raise UsageError(f"--image {image}: no such file")
-    version = version or trained_version(model)
+    version = version or trained_version(model)[0]
     if version not in PROMPT_VERSIONS:
         raise UsageError(f"--version {version!r}: use one of {sorted(PROMPT_VERSIONS)}")
     fmt = PROMPT_VERSIONS[version]

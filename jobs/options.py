@@ -42,6 +42,10 @@ ALIASES = {
 }
 
 
+PRESET_KIND = "kind"
+"""The key of a preset that names the job it is for (pretrain, finetune, dpo, eval)."""
+
+
 def preset_names() -> list[str]:
     """The shipped presets."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -66,17 +70,30 @@ def load_yaml(path: str | Path, what: str, settings_types: Iterable[type] = ()) 
     return {normalise(k): v for k, v in data.items()}
 
 
-def load_preset(name: str, job: str | None = None) -> dict[str, Any]:
-    """A preset by name (shipped), by model name plus the job (``llava15-7b`` + ``finetune`` ->
-    ``llava15-7b-finetune``), or by path."""
+def _preset_file(name: str, job: str | None = None) -> Path:
+    """The file of a preset given by name (shipped), by model name plus the job (``llava15-7b`` +
+    ``finetune`` -> ``llava15-7b-finetune``), or by path."""
     for candidate in (name, f"{name}-{job}" if job else None):
         path = PRESET_DIR / f"{candidate}.yaml"
         if candidate and path.is_file():
-            return load_yaml(path, "--preset")
+            return path
     if Path(name).is_file():
-        return load_yaml(name, "--preset")
+        return Path(name)
     hint = did_you_mean(name, preset_names(), prefix="", cutoff=0.5) or f"; shipped: {', '.join(preset_names())}"
     raise ValueError(f"--preset {name!r}: no such preset{hint}")
+
+
+def load_preset(name: str, job: str | None = None) -> dict[str, Any]:
+    """A preset's flags (see :func:`_preset_file` for how ``name`` is found); its ``kind`` is not a flag."""
+    values = load_yaml(_preset_file(name, job), "--preset")
+    values.pop(PRESET_KIND, None)
+    return values
+
+
+def preset_kind(name: str, job: str | None = None) -> str | None:
+    """The job kind a preset states it is for (its ``kind:``; None for a user's preset without one)."""
+    data = yaml.safe_load(_preset_file(name, job).read_text()) or {}
+    return data.get(PRESET_KIND) if isinstance(data, dict) else None
 
 
 def normalise(key: str) -> str:

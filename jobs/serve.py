@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from jobs.chat import trained_version
 from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
 from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.model.quantize import memory_line, require_quantization
+from llava_core.run_config import trained_version
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAGE_CSS = "#image img { width: 100%; height: 100%; object-fit: contain; }"
@@ -182,7 +182,7 @@ def start_server(model: str, host: str = "127.0.0.1", port: int = 7860, version:
                  max_new_tokens: int = 512) -> Server:
     """Load MODEL on this process's GPU (or the CPU) and start its page; returns once it listens.
     Options as :func:`serve`; UsageError for a bad one, before anything loads."""
-    version = version or (trained_version(model) if model else "v1")
+    version = version or (trained_version(model)[0] if model else "v1")
     errors = option_errors(model, version, port, dtype, load_in_8bit, load_in_4bit, max_new_tokens)
     if errors:
         raise UsageError("; ".join(errors) + " (python -m jobs.serve --help)")

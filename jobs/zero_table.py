@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from jobs.checks import check_models
 from jobs.kinds import get_kind
-from jobs.options import resolve
+from jobs.options import preset_kind, resolve
 from jobs.zero_choice import PREVIEW_GIB, choose_for_shape, config_name, model_shape, unavailable_setups
 from llava_core.config import TrainConfig
 from llava_core.train.zero_choice import trainable_and_frozen
@@ -26,7 +26,7 @@ TABLE_PRESETS = ("llava15-7b-pretrain", "llava15-7b-finetune", "llava15-7b-lora"
 
 def preset_config(name: str) -> TrainConfig:
     """A preset's typed training settings with its models located (local cache or folders)."""
-    kind = get_kind("dpo" if "dpo" in name else "pretrain" if name.endswith("pretrain") else "finetune")
+    kind = get_kind(preset_kind(name))
     settings = kind.settings(resolve(name, None, {}, kind.option_names()).values)
     check, located = check_models(settings)
     if located is None:

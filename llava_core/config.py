@@ -19,8 +19,22 @@ ASPECT_RATIOS = ("pad", "resize", "crop")
 T = TypeVar("T")
 
 
+class Settings:
+    """Base of the typed settings dataclasses (a job kind's ``settings_class``): a plain dict for
+    ``config.yaml`` and back, CLI/YAML values coerced to the annotated field types."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (YAML/JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+        """Build from flags, coercing CLI/YAML values to the field types; unknown names are an error."""
+        return typed_from_dict(cls, values)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything one training run needs. Defaults follow LLaVA-1.5."""
 
     # --- model -------------------------------------------------------------------------------
@@ -211,17 +225,18 @@ class TrainConfig:
         """The normalised prompt format name."""
         return PROMPT_VERSIONS[self.version]
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (YAML/JSON-safe)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict, coercing strings/numbers to field types; unknown keys are an error."""
-        return typed_from_dict(cls, values)
 
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def check_dpo_loss(beta: float, loss_type: str) -> None:
+    """ValueError naming the flag when ``beta`` or ``loss_type`` cannot make a preference loss."""
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"--loss_type {loss_type!r}: unknown DPO loss_type {loss_type!r}; use one of "
+                         f"{', '.join(DPO_LOSS_TYPES)}")
+    if beta <= 0:
+        raise ValueError(f"--beta {beta}: DPO beta must be > 0 (HA-DPO's recipe uses 0.1)")
 
 
 @dataclass
@@ -237,10 +252,7 @@ class DPOConfig(TrainConfig):
         super().__post_init__()
         if self.beta is None:
             raise ValueError("--beta is required for DPO (HA-DPO's recipe uses 0.1)")
-        if self.beta <= 0:
-            raise ValueError(f"--beta must be > 0, got {self.beta}")
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"--loss_type {self.loss_type!r}: use one of {', '.join(DPO_LOSS_TYPES)}")
+        check_dpo_loss(self.beta, self.loss_type)
         if self.packing:
             raise ValueError("--packing True is for supervised training: DPO batches pair a chosen and a rejected "
                              "answer per prompt (drop --packing)")

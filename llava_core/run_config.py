@@ -96,6 +96,15 @@ def read_run_config(path: str | Path, settings_types: Iterable[type] = ()) -> Ru
     return RunConfig(file, data["job"], _format_1(data, file), {})
 
 
+def trained_version(path: str | Path) -> tuple[str, str]:
+    """The prompt format (``--version``) the run that ``path`` belongs to trained with, and where
+    that came from: its ``config.yaml``, else v1 (LLaVA-1.5's) for a model from outside a run."""
+    saved = read_run_config(path)
+    if saved is None or not hasattr(saved.settings, "version"):
+        return "v1", "no run config: v1"
+    return str(saved.settings.version), f"the model's run ({saved.path})"
+
+
 def _format_1(data: dict[str, Any], file: Path) -> Any:
     """A format-1 config (the flags of a pretrain/finetune/dpo/eval job, flat) as typed settings."""
     from llava_core.config import DPOConfig, TrainConfig

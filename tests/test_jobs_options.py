@@ -5,7 +5,7 @@ import pytest
 
 from jobs.checks import check_global_batch
 from jobs.kinds import get_kind
-from jobs.options import load_preset, preset_names, resolve, train_config
+from jobs.options import load_preset, preset_kind, preset_names, resolve, train_config
 
 # every flag of LLaVA's scripts/v1_5/finetune_lora.sh, as users pass them
 LLAVA_SCRIPT_FLAGS = {
@@ -61,7 +61,7 @@ def test_bad_values_name_the_flag():
 @pytest.mark.parametrize("name", preset_names())
 def test_every_shipped_preset_loads_and_validates(name):
     values = load_preset(name)
-    kind = get_kind("eval" if name == "pope" else "dpo" if "dpo" in name else "finetune")
+    kind = get_kind(preset_kind(name))
     r = resolve(name, None, {}, kind.option_names())
     settings = kind.settings(r.values)
     assert values and (kind.name == "eval" or settings.learning_rate > 0)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jobs.checks import FAILED, PASSED, Check
 from jobs.kinds.base import Checked, JobKind, Submission
-from llava_core.config import typed_from_dict
+from llava_core.config import Settings
 
 SERVE_RECORD = "serve.json"
 """Written by the job once its page listens: node, host, port, url, the tunnel command; updated
@@ -27,7 +27,7 @@ NVIDIA_PLATFORMS = (None, "cuda")
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Settings):
     """The web demo of one model, served by a job until it is cancelled."""
 
     model: str = ""
@@ -56,14 +56,6 @@ class ServeConfig:
         if errors:
             raise ValueError("; ".join(errors))
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (YAML/JSON-safe)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ServeConfig":
-        """Build from flags, coercing CLI/YAML values to the field types; unknown names are an error."""
-        return typed_from_dict(cls, values)
 
 
 @dataclass
@@ -108,12 +100,9 @@ class ServeKind(JobKind):
         if model and Path(str(model)).exists():
             values["model"] = str(Path(str(model)).absolute())  # the rank may start elsewhere
             if "version" not in values:
-                from jobs.chat import trained_version
-                from llava_core.run_config import find_run_config
+                from llava_core.run_config import trained_version
 
-                found = find_run_config(values["model"])
-                sub.set_default(values, "version", trained_version(values["model"]),
-                                f"the model's run ({found})" if found else "no run config: v1")
+                sub.set_default(values, "version", *trained_version(values["model"]))
         return values
 
     def check(self, settings: ServeConfig, sub: Submission) -> Checked:

@@ -32,8 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from peft import PeftModel
 
-from llava_core.config import DPO_LOSS_TYPES as LOSS_TYPES
-from llava_core.config import DPOConfig, TrainConfig
+from llava_core.config import DPOConfig, TrainConfig, check_dpo_loss
 from llava_core.data.encoding import IGNORE_INDEX, Encoder, n_image_tokens
 from llava_core.data.images import ImageLoader
 from llava_core.data.preference import DPOCollator, DPODataset, read_dpo_records
@@ -59,10 +58,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
              ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses and the implicit rewards ``beta * (log pi - log ref)`` of chosen/rejected."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
-    if beta <= 0:
-        raise ValueError(f"DPO beta must be > 0, got {beta}")
+    check_dpo_loss(beta, loss_type)
     d = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
     if loss_type == "sigmoid":
         losses = -F.logsigmoid(beta * d)
@@ -92,10 +88,7 @@ class DPOTrainer(LlavaTrainer):
 
     def __init__(self, *args, beta: float, loss_type: str = "sigmoid", **kwargs):
         super().__init__(*args, **kwargs)
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown DPO loss_type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
-        if beta <= 0:
-            raise ValueError(f"DPO beta must be > 0, got {beta}")
+        check_dpo_loss(beta, loss_type)
         if self.args.remove_unused_columns:
             raise ValueError("DPO needs TrainingArguments(remove_unused_columns=False): the batch "
                              "keys chosen_*/rejected_* are not model arguments")
