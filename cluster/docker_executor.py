@@ -121,12 +121,19 @@ class DockerExecutor:
     name = "docker"
     honours = frozenset({"container_image", "container_mounts"})
 
+    @staticmethod
+    def spec_problems(spec: LaunchSpec) -> list[str]:
+        """What this executor cannot do of ``spec`` (checked at submit, before any file is written)."""
+        if spec.nodes != 1:
+            return [f"--nodes {spec.nodes}: the docker executor runs on this machine only "
+                    "(--nodes 1); use --executor slurm with --container-image for several"]
+        return []
+
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
         import docker
 
-        if spec.nodes != 1:
-            raise ValueError(f"--nodes {spec.nodes}: the docker executor runs on this machine only "
-                             "(--nodes 1); use --executor slurm with --container-image for several")
+        if problems := self.spec_problems(spec):
+            raise ValueError("; ".join(problems))
         platform = spec.platform or host_platform()
         cache_dir = Path(os.environ.get(CACHE_ENV, "~/.cache/llava-cluster")).expanduser()
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,10 @@ class LaunchSpec:
                 and getattr(self, f.name) != (f.default_factory() if f.default_factory is not dataclasses.MISSING
                                               else f.default)]
 
+    def problems_for(self, executor: str) -> list[str]:
+        """What ``executor`` cannot do of this spec (``--nodes 2`` on the local one...)."""
+        return _executor_class(executor).spec_problems(self)
+
     @staticmethod
     def option_executors(name: str) -> str:
         """Which executors an option belongs to: its group (``slurm``, ``container``), else ``all``."""
@@ -251,6 +255,10 @@ class Executor(Protocol):
     name: str
     honours: frozenset[str]
     """The executor-specific launch options (a ``group`` in LaunchSpec's metadata) it uses."""
+
+    @staticmethod
+    def spec_problems(spec: LaunchSpec) -> list[str]:
+        """What it cannot do of ``spec``, each a message naming the flag (empty: it can)."""
 
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> "JobHandle": ...
 

@@ -94,13 +94,21 @@ class LocalExecutor:
     name = "local"
     honours = frozenset()
 
-    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
+    @staticmethod
+    def spec_problems(spec: LaunchSpec) -> list[str]:
+        """What this executor cannot do of ``spec`` (checked at submit, before any file is written)."""
+        problems = []
         if spec.nodes != 1:
-            raise ValueError(f"--nodes {spec.nodes}: the local executor runs on this machine only "
-                             "(--nodes 1); use --executor slurm for several nodes")
+            problems.append(f"--nodes {spec.nodes}: the local executor runs on this machine only "
+                            "(--nodes 1); use --executor slurm for several nodes")
         if spec.container_image or spec.apptainer:
-            raise ValueError("--container-image/--apptainer need --executor slurm; "
-                             "for a local container use --executor docker")
+            problems.append("--container-image/--apptainer need --executor slurm; "
+                            "for a local container use --executor docker")
+        return problems
+
+    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
+        if problems := self.spec_problems(spec):
+            raise ValueError("; ".join(problems))
         state_dir = spec.job_dir / "local"
         state_dir.mkdir(parents=True, exist_ok=True)
         for stale in (state_dir / "result.pkl", state_dir / STATE_FILE, state_dir / CANCEL_FILE):

@@ -181,6 +181,11 @@ class SlurmExecutor:
     honours = frozenset({"partition", "time", "account", "qos", "gres", "cpus_per_task", "mem", "constraint", "exclude",
                          "slurm_setup", "sbatch", "container_image", "container_mounts", "apptainer"})
 
+    @staticmethod
+    def spec_problems(spec: LaunchSpec) -> list[str]:
+        """Nothing: Slurm runs any spec :class:`LaunchSpec` accepts (several nodes, containers)."""
+        return []
+
     def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
         import submitit
 

@@ -34,6 +34,7 @@ from jobs.cli import CommandFailed, UsageError, run
 from jobs.kinds import get_kind
 from jobs.kinds.base import Submission
 from jobs.options import Resolved, resolve
+from jobs.provenance import record_submit
 from llava_core.io import atomic_write_json, atomic_write_text
 from llava_core.run_config import run_config_record
 
@@ -78,6 +79,9 @@ def launch_check(spec: LaunchSpec) -> Check:
         return Check("launch", FAILED, str(e))
     detail = (f"executor={executor} nodes={spec.nodes} procs/node={spec.gpus_per_node}"
               + (f" cluster={spec.cluster}" if spec.cluster else ""))
+    problems = spec.problems_for(executor)
+    if problems:
+        return Check("launch", FAILED, "\n".join([detail, *problems]))
     ignored = spec.ignored_by(executor)
     if ignored:
         detail += (f"\nwarning: the {executor} executor ignores {', '.join('--' + n.replace('_', '-') for n in ignored)}"
@@ -146,6 +150,7 @@ def submit_job(job: str, wait: bool | None = None, **flags: Any) -> Submitted | 
 
     check_job_dir_free(job_dir)  # before this job's records overwrite a live job's
     job_dir.mkdir(parents=True, exist_ok=True)
+    record_submit(job_dir, checked.settings, spec)  # the run id; a resume's accepted changes (before config.yaml)
     atomic_write_text(job_dir / "config.yaml", run_config_record(job, checked.settings, spec.options()))
     atomic_write_text(job_dir / "command.txt", resubmit_command(job, job_dir) + "\n")
     record = {"job": job, "name": job_dir.name, "preset": r.job.get("preset"), "sources": r.sources,
