@@ -144,7 +144,8 @@ class DockerExecutor:
                       spec.job_dir / "docker" / "exit.json"):
             stale.unlink(missing_ok=True)
         ctx = RankContext(job_dir=spec.job_dir, executor="docker", result_path=state_dir / "result.pkl",
-                          platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues)
+                          platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues,
+                          stall_timeout=spec.stall_timeout)
         atomic_write_bytes(state_dir / "task.pkl", cloudpickle.dumps(RankTask(ctx, fn)))
         request = container_request(spec, platform, os.getuid(), os.getgid(), Path.cwd(), cache_dir,
                                     dict(os.environ),

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from cluster import platform as platforms
+from cluster import progress
 from cluster.cluster_profile import load_cluster_profile
 from cluster.runtime import RESERVE_FILE, atomic_write_text, load_pickle, make_reserve
 
@@ -105,6 +106,10 @@ class LaunchSpec:
     """Apptainer image (``.sif``): every task runs ``apptainer exec --nv|--rocm IMAGE python``."""
     max_requeues: int = 3
     """How many times a stopped (time limit, preemption) job is requeued before it fails."""
+    stall_timeout: float | None = None
+    """Seconds a rank may finish no training step (or, before its first, load) before the job fails
+    as stalled, naming the silent rank (cluster.progress); default: the platform's, 1800 on GPUs
+    (NCCL has its own timeout), 600 on CPU; 0 turns the watch off."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables set on every rank (they win over the platform's defaults)."""
 
@@ -116,6 +121,10 @@ class LaunchSpec:
                 raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
         if not isinstance(self.max_requeues, int) or self.max_requeues < 0:
             raise ValueError(f"--max-requeues must be an integer >= 0, got {self.max_requeues!r}")
+        if self.stall_timeout is not None and (isinstance(self.stall_timeout, bool) or not isinstance(
+                self.stall_timeout, (int, float)) or self.stall_timeout < 0):
+            raise ValueError(f"--stall-timeout must be a number of seconds >= 0 (0: no watch), "
+                             f"got {self.stall_timeout!r}")
         if self.executor != "auto" and self.executor not in EXECUTORS:
             raise ValueError(f"--executor: unknown executor {self.executor!r}; "
                              f"choose one of auto, {', '.join(EXECUTORS)}")
@@ -530,16 +539,25 @@ def job_state(job_dir: Path) -> dict:
     ``nodes`` (host names when known), ``world_size``, ``restarts``, ``time_left`` and, for a
     job that did not complete, ``cause`` (the first rank to end: status or signal, node, its
     traceback or last log lines), ``consequences`` (the other ranks' tracebacks), ``traceback``
-    (all of them), ``exits`` (:func:`describe_exits`) and ``reason`` ("no space left on ...")."""
+    (all of them), ``exits`` (:func:`describe_exits`) and ``reason`` ("no space left on ...", or
+    the stall that failed it); for a running job whose progress stalled, ``stall``
+    (:func:`cluster.progress.stall_notice`: the silent rank, its last step and since when)."""
     record = read_record(job_dir)
     info = {"job_id": record["job_id"], "executor": record["executor"], "name": record.get("name"),
             "world_size": record.get("world_size"), "nodes": [], "num_nodes": record.get("nodes"),
             "restarts": 0, "time_left": None, "submitted": record.get("submitted")}
     info.update(get_executor(record["executor"]).state(Path(job_dir), record))
-    if info["state"] not in ("COMPLETED", "RUNNING", "PENDING"):
+    if info["state"] == "RUNNING":
+        stall = progress.stall_notice(Path(job_dir))
+        if stall is not None:
+            info["stall"] = stall.describe()
+    elif info["state"] not in ("COMPLETED", "PENDING"):
         _explain_failure(Path(job_dir), info)
         if info.get("failed_ranks"):
             info["exits"] = describe_exits(job_dir, info["failed_ranks"])
+        stalled = progress.read_stall(Path(job_dir))
+        if stalled and not str(info.get("reason")).startswith("no space left"):
+            info["reason"] = stalled["message"]
     return info
 
 

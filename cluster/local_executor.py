@@ -114,7 +114,8 @@ class LocalExecutor:
         for stale in (state_dir / "result.pkl", state_dir / STATE_FILE, state_dir / CANCEL_FILE):
             stale.unlink(missing_ok=True)
         ctx = RankContext(job_dir=spec.job_dir, executor="local", result_path=state_dir / "result.pkl",
-                          platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues)
+                          platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues,
+                          stall_timeout=spec.stall_timeout)
         atomic_write_bytes(state_dir / "task.pkl", cloudpickle.dumps(RankTask(ctx, fn)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(

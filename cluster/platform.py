@@ -42,6 +42,9 @@ class Platform:
     visible_devices_var: str | None = None
     """Variable selecting the devices a process sees (None on CPU)."""
     dist_backend: str = "gloo"
+    stall_timeout_s: float = 1800.0
+    """Default ``--stall_timeout``: seconds a rank may finish no training step before the job fails.
+    Long on GPUs, where NCCL's own watchdog times out hung collectives; shorter on CPU."""
 
     @property
     def attn_implementation(self) -> str:
@@ -128,7 +131,8 @@ def get(name: str) -> Platform:
     if name == "cpu":
         return Platform("cpu", env={"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
                         supports_tf32=False, supports_bf16=False, supports_fp16=False,
-                        flash_attn_supported=False, visible_devices_var=None, dist_backend="gloo")
+                        flash_attn_supported=False, visible_devices_var=None, dist_backend="gloo",
+                        stall_timeout_s=600.0)
     raise ValueError(f"--platform: unknown platform {name!r}; choose one of {', '.join(PLATFORM_NAMES)}")
 
 

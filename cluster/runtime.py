@@ -1,9 +1,10 @@
 """What runs on every rank around the user's callable, whatever the executor.
 
 Order matters: distributed variables first (they name the log file), then the per-rank log, then
-the environment (``OMP_NUM_THREADS`` before anything imports torch), then the user's callable is
-unpickled and called. After it returns, a stop request from the scheduler turns into a requeue;
-otherwise rank 0 writes the result and the process exits at once (:func:`exit_without_teardown`).
+the environment (``OMP_NUM_THREADS`` before anything imports torch), then the progress watchdog
+(:mod:`cluster.progress`), then the user's callable is unpickled and called. After it returns, a
+stop request from the scheduler turns into a requeue; otherwise rank 0 writes the result and the
+process exits at once (:func:`exit_without_teardown`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import NoReturn
 import cloudpickle
 
 from cluster import platform as platforms
-from cluster import preemption
+from cluster import preemption, progress
 
 REQUEUE_EXIT_CODE = 75
 """Exit status of a rank that stopped for a requeue (the local supervisor restarts the ranks)."""
@@ -134,6 +135,8 @@ class RankContext:
     platform: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     max_requeues: int = 0
+    stall_timeout: float | None = None
+    """``--stall_timeout`` (None: the platform's default, resolved on the rank)."""
 
 
 def restart_count() -> int:
@@ -163,10 +166,13 @@ class RankTask:
         rank = int(os.environ["RANK"])
         _redirect_output(ctx.job_dir / "logs" / f"rank{rank}.log", rank)
         try:
-            _apply_environment(ctx)
+            profile = _apply_environment(ctx)
+            timeout = profile.stall_timeout_s if ctx.stall_timeout is None else ctx.stall_timeout
+            progress.start(ctx.job_dir, rank, timeout)
             store = _bind_rendezvous_store() if rank == 0 else None
             fn = cloudpickle.loads(self.fn_bytes)
             result = fn()
+            progress.stop()
             if preemption.stop_requested():
                 _stop_for_requeue(ctx, rank)
             # done: a late stop signal must not kill the process while it exits (Python restores
@@ -177,6 +183,7 @@ class RankTask:
         except SystemExit:
             raise
         except BaseException as err:
+            progress.stop()
             _record_failure(ctx, rank, err)
             raise
         if rank == 0:
@@ -282,8 +289,9 @@ def _redirect_output(log: Path, rank: int) -> None:
     )
 
 
-def _apply_environment(ctx: RankContext) -> None:
-    """Set the user's env, then the platform's defaults, and the device-visibility variable."""
+def _apply_environment(ctx: RankContext) -> platforms.Platform:
+    """Set the user's env, then the platform's defaults, and the device-visibility variable; the
+    platform's profile."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.update(ctx.env)
     profile = platforms.resolve(ctx.platform)
@@ -296,6 +304,7 @@ def _apply_environment(ctx: RankContext) -> None:
             os.environ[var] = allocated
     print(f"[cluster] platform={profile.name} backend={profile.dist_backend} "
           f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}", flush=True)
+    return profile
 
 
 def _cancelled(ctx: RankContext) -> bool:

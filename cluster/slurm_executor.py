@@ -202,7 +202,8 @@ class SlurmExecutor:
                                           max_num_timeout=spec.max_requeues)
         executor.update_parameters(**sbatch_parameters(spec))
         ctx = RankContext(job_dir=spec.job_dir, executor="slurm", result_path=result_path,
-                          platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues)
+                          platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues,
+                          stall_timeout=spec.stall_timeout)
         job = executor.submit(RankTask(ctx, fn))
         script = folder / f"{job.job_id}_submission.sh"
         if script.exists():

@@ -66,10 +66,14 @@ def describe(job_dir: Path) -> str:
     """The details of one job, with the remote traceback if it failed."""
     info = job_state(job_dir)
     step, loss = last_metrics(job_dir)
+    if info.get("stall"):
+        state = f"STALLED ({info['stall']})"
+    else:
+        state = info["state"] + (f" ({info['reason']})" if info.get("reason") not in (None, "None") else "")
     lines = [
         f"job        {job_dir}",
         f"executor   {info['executor']} (job id {info['job_id']})",
-        f"state      {info['state']}" + (f" ({info['reason']})" if info.get("reason") not in (None, "None") else ""),
+        f"state      {state}",
         f"nodes      {_nodes(info)}  world size {info.get('world_size')}",
         f"restarts   {info.get('restarts', 0)}",
         f"step       {step if step is not None else '-'}  last loss {loss if loss is not None else '-'}",
@@ -101,7 +105,8 @@ def table(runs: Path) -> str:
             rows.append((job_dir.name, "?", "?", f"unreadable: {err}", "", "", "", ""))
             continue
         step, loss = last_metrics(job_dir)
-        rows.append((job_dir.name, info["executor"], str(info["job_id"]), info["state"], _nodes(info),
+        state = "STALLED" if info.get("stall") else info["state"]
+        rows.append((job_dir.name, info["executor"], str(info["job_id"]), state, _nodes(info),
                      "-" if step is None else str(step), "-" if loss is None else f"{loss:.4g}",
                      _hms(info.get("time_left"))))
     if len(rows) == 1:
