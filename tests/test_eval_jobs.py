@@ -3,20 +3,19 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from jobs.chat import main as chat
 from jobs.checks import FAILED
 from jobs.kinds.dpo import DPO
 from jobs.kinds.eval import EVAL, eval_checks
-from jobs.options import resolve
+from jobs.options import load_preset, resolve
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
 PRESETS = Path(__file__).resolve().parents[1] / "jobs" / "presets"
 
 
 def _preset(name):
-    return {k: v for k, v in yaml.safe_load((PRESETS / f"{name}.yaml").read_text()).items()}
+    return load_preset(name)   # the preset's flags (its kind: is not one)
 
 
 def test_hadpo_preset_is_the_published_recipe():
@@ -46,6 +45,8 @@ def test_eval_settings_preset_and_errors(tmp_path):
     model = tiny_llava(tmp_path / "model")
     write_images(tmp_path / "images", 1)
     (tmp_path / "pope").mkdir()
+    for split in ("random", "popular", "adversarial"):   # LLaVA's layout: one question file per split
+        (tmp_path / "pope" / f"coco_pope_{split}.json").write_text("")
     s = EVAL.settings(_preset("pope") | {"model": str(model), "data": str(tmp_path / "pope"),
                                          "image_folder": str(tmp_path / "images")})
     assert s.split == "random,popular,adversarial" and s.max_new_tokens == 128 and not any(

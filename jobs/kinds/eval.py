@@ -11,7 +11,7 @@ from typing import Any
 from jobs.checks import FAILED, PASSED, Check
 from jobs.kinds.base import Checked, JobKind, Submission
 from llava_core.eval.config import EvalConfig
-from llava_core.run_config import read_run_config
+from llava_core.run_config import trained_version
 
 
 @dataclass
@@ -48,9 +48,7 @@ class EvalKind(JobKind):
 
     def prepare(self, values: dict[str, Any], sub: Submission) -> dict[str, Any]:
         if "version" not in values and values.get("model"):
-            run = read_run_config(values["model"])
-            if run is not None and hasattr(run.settings, "version"):
-                sub.set_default(values, "version", run.settings.version, f"the model's run ({run.path})")
+            sub.set_default(values, "version", *trained_version(values["model"]))
         return values
 
     def check(self, settings: EvalConfig, sub: Submission) -> Checked:

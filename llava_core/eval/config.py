@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-from llava_core.config import PROMPT_VERSIONS, typed_from_dict
+from llava_core.config import PROMPT_VERSIONS, Settings
 
 TASKS = ("pope", "vqa", "caption", "mmbench", "textvqa", "mme", "gqa", "scienceqa", "seed", "vqav2", "medvqa")
 """The names of :data:`llava_core.eval.benchmarks.BENCHMARKS` (kept here so settings load without torch)."""
@@ -16,7 +15,7 @@ CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."  # LLa
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     """One benchmark run of one model. Defaults follow LLaVA-1.5's eval scripts."""
 
     task: str = ""
@@ -59,12 +58,3 @@ class EvalConfig:
         for name in ("batch_size", "max_new_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (YAML/JSON-safe)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "EvalConfig":
-        """Build from flags, coercing CLI/YAML values to the field types; unknown names are an error."""
-        return typed_from_dict(cls, values)
