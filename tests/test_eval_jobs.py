@@ -1,6 +1,5 @@
 """Job helpers for eval/DPO/chat: option validation, shipped presets, one-shot chat."""
 
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,6 @@ from jobs.kinds.dpo import DPO
 from jobs.kinds.eval import EVAL, eval_checks
 from jobs.options import load_preset, resolve
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
-
-PRESETS = Path(__file__).resolve().parents[1] / "jobs" / "presets"
 
 
 def _preset(name):
