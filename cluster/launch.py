@@ -357,8 +357,8 @@ def submit(fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
     ``fn`` must be picklable (cloudpickle); rank 0's return value is what ``JobHandle.wait()``
     returns. The job directory is created (private: see :data:`JOB_DIR_MODE_ENV`) and locked for
     this job (:class:`JobDirInUse` while another job in it is alive; the lock of an ended one is
-    taken over with a message on stderr); stale results and tracebacks of an earlier run in the
-    same directory are removed (its logs are appended to).
+    taken over with a message on stderr); an earlier submission's logs move to
+    ``logs/submission-<N>/`` (:func:`keep_earlier_logs`), its heartbeats and stale results go.
     """
     name = resolve_executor(spec.executor)
     executor = get_executor(name)
@@ -374,12 +374,31 @@ def submit(fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "executor": name, "job_id": None,
                   "taken": _time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _rewrite(lock, holder)
-        for stale in job_dir.glob("logs/rank*.traceback"):
+        kept = keep_earlier_logs(job_dir)
+        if kept:
+            print(f"{job_dir}: the earlier submission's logs are in {kept}", file=sys.stderr, flush=True)
+        for stale in job_dir.glob(f"{progress.HEARTBEAT_DIR}/rank*.json"):
             stale.unlink()
         make_reserve(job_dir / RESERVE_FILE)
         handle = executor.submit(fn, dataclasses.replace(spec, executor=name))
         _rewrite(lock, {**holder, "job_id": handle.job_id})
     return handle
+
+
+def keep_earlier_logs(job_dir: Path) -> Path | None:
+    """Move the files of ``job_dir/logs`` (rank logs, tracebacks, the stall record) of an earlier
+    submission to ``logs/submission-<N>/`` (N: 1 for the first), so that this submission's logs hold
+    only its own run (its requeue restarts append to them); the folder, or None when there were none."""
+    logs = Path(job_dir) / "logs"
+    files = [p for p in logs.iterdir() if p.is_file()] if logs.is_dir() else []
+    if not files:
+        return None
+    taken = [int(p.name.rsplit("-", 1)[1]) for p in logs.glob("submission-*") if p.name.rsplit("-", 1)[1].isdigit()]
+    kept = logs / f"submission-{max(taken, default=0) + 1}"
+    kept.mkdir()
+    for path in files:
+        os.replace(path, kept / path.name)
+    return kept
 
 
 class JobDirInUse(ValueError):
