@@ -6,7 +6,9 @@ process group, stops all of them when one fails (like Slurm's ``--kill-on-bad-ex
 them when they stop for a requeue, and records pids, exit statuses (in the order the ranks ended)
 and state in ``JOB_DIR/local/state.json``. SIGTERM, SIGINT, SIGHUP and SIGQUIT to the supervisor
 stop the job: it forwards SIGTERM to the ranks (checkpoint at the next step and stop), kills what
-is left after ``$LLAVA_STOP_GRACE_S`` (default 60 s) and records CANCELLED. A rank whose
+is left after ``$LLAVA_STOP_GRACE_S`` (default 60 s) and records CANCELLED. SIGUSR2 to the
+supervisor is Slurm's stop-for-requeue: forwarded to the ranks (checkpoint at the next step, exit
+for a requeue), which it then restarts, within ``--max-requeues``. A rank whose
 supervisor dies gets SIGTERM (``PR_SET_PDEATHSIG``); cancel ends the recorded rank process groups
 itself when the supervisor is gone. On a GPU platform every rank sees devices ``0..N-1``
 (CUDA_VISIBLE_DEVICES or HIP_VISIBLE_DEVICES, unless already set) and LOCAL_RANK picks its own, as
@@ -39,6 +41,8 @@ from cluster.runtime import (CANCEL_FILE, REQUEUE_EXIT_CODE, RESERVE_FILE, RESTA
 STATE_FILE = "state.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 """Signals that make the supervisor stop the job (forwarded to the ranks as SIGTERM)."""
+REQUEUE_SIGNAL = signal.SIGUSR2
+"""The signal that makes the supervisor checkpoint and restart the ranks (forwarded to them)."""
 STOP_GRACE_ENV = "LLAVA_STOP_GRACE_S"
 """Seconds the ranks get after SIGTERM to finish their step and save a checkpoint before SIGKILL
 (default 60; read by the supervisor and by cancel)."""
@@ -80,6 +84,16 @@ def is_rank_process(pid: int, job_dir: Path) -> bool:
 def _die_with_parent() -> None:
     """In a rank, before exec: get SIGTERM when the supervisor dies (checkpoint and stop)."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """True when process ``pid`` has a handler for ``signum`` (``SigCgt`` in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (signum - 1) & 1)
 
 
 def _free_port() -> int:
@@ -237,12 +251,14 @@ def supervise(job_dir: Path, nprocs: int) -> int:
     profile = platforms.resolve(ctx.platform) if ctx.platform else None
     make_reserve(job_dir / "local" / RESERVE_FILE)
     stop: list[int] = []
+    requeue: list[int] = []
 
     def on_stop(signum: int, frame: object) -> None:
         stop.append(signum)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_stop)
+    signal.signal(REQUEUE_SIGNAL, lambda signum, frame: requeue.append(signum))
     state = {"state": "RUNNING", "started": utc_now(), "restarts": 0, "pids": [], "returncodes": []}
     while True:
         if stop:
@@ -260,7 +276,10 @@ def supervise(job_dir: Path, nprocs: int) -> int:
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True, preexec_fn=_die_with_parent))
         state["pids"] = [p.pid for p in procs]
         _write_state(job_dir, state)
-        codes, stopped, order, ended = _wait_ranks(procs, lambda: bool(stop), lambda: _mark_cancel(job_dir, f"{signal.Signals(stop[0]).name} to the supervisor"))
+        codes, stopped, order, ended = _wait_ranks(
+            procs, lambda: bool(stop), lambda: _mark_cancel(job_dir, f"{signal.Signals(stop[0]).name} to the supervisor"),
+            lambda: bool(requeue))
+        requeue.clear()
         state.update(returncodes=codes, stopped_ranks=stopped, exit_order=order, ended_at=ended)
         if stop:
             break
@@ -290,12 +309,14 @@ def _mark_cancel(job_dir: Path, by: str) -> None:
         atomic_write_text(path, f"{by}\n")
 
 
-def _wait_ranks(procs: list[subprocess.Popen], stopping: Callable[[], bool], on_stop: Callable[[], None]
-                ) -> tuple[list[int], list[int], list[int], dict[str, str]]:
+def _wait_ranks(procs: list[subprocess.Popen], stopping: Callable[[], bool], on_stop: Callable[[], None],
+                requeue: Callable[[], bool]) -> tuple[list[int], list[int], list[int], dict[str, str]]:
     """Wait for all ranks; on a failed rank or a stop (after ``on_stop()``), SIGTERM the others,
-    SIGKILL their process groups after the grace. Returns the exit statuses, the ranks this
-    function stopped, the ranks in the order they ended and when each ended."""
+    SIGKILL their process groups after the grace; once ``requeue()``, send the requeue signal to each
+    running rank once it handles it (a rank still starting would die of it). Returns the exit
+    statuses, the ranks this function stopped, the ranks in the order they ended and when each ended."""
     kill_at = None
+    requeued: set[int] = set()
     stopped: list[int] = []
     order: list[int] = []
     ended: dict[str, str] = {}
@@ -315,6 +336,11 @@ def _wait_ranks(procs: list[subprocess.Popen], stopping: Callable[[], bool], on_
                     stopped.append(rank)
         if kill_at is not None and time.monotonic() > kill_at:
             _signal_groups([p.pid for p in procs if p.poll() is None], signal.SIGKILL)
+        if requeue() and kill_at is None:
+            for rank, p in enumerate(procs):
+                if rank not in requeued and p.poll() is None and _catches(p.pid, REQUEUE_SIGNAL):
+                    p.send_signal(REQUEUE_SIGNAL)
+                    requeued.add(rank)
         time.sleep(_POLL_S)
     return [p.returncode for p in procs], stopped, order, ended
 
