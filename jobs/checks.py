@@ -106,7 +106,7 @@ def missing_flags(cfg: TrainConfig) -> list[str]:
 def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
     """Locate the LLM (or LLaVA checkpoint) and the vision tower (llava_core.model.hub); the config with
     loadable paths, or None with the reason in the failed check."""
-    from llava_core.model.build import is_llava_checkpoint
+    from llava_core.model.build import is_text_only_run
     from llava_core.model.hub import hub_unavailable, locate
 
     found, errors = {}, []
@@ -119,13 +119,15 @@ def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
     if errors:
         return Check("model", FAILED, "\n".join(errors)), None
     located = dataclasses.replace(cfg, **found)
-    if not cfg.vision_tower and not is_llava_checkpoint(located.model_name_or_path, cfg.cache_dir):
-        return Check("model", FAILED, f"--model_name_or_path {cfg.model_name_or_path} is not a LLaVA checkpoint, "
-                                      "so --vision_tower is required"), None
+    try:
+        text_only = is_text_only_run(located)
+    except (OSError, ValueError) as e:
+        return Check("model", FAILED, str(e)), None
     names = [n for n in (cfg.model_name_or_path, cfg.vision_tower) if n]
     where = [f"{n} (local cache: {p})" if p != n else n for n, p in zip(names, (located.model_name_or_path, located.vision_tower))]
     hub = "" if hub_unavailable() else "; hub reachable"
-    return Check("model", PASSED, ", ".join(where) + hub), located
+    kind = "; a causal LM without a vision part: trains text only" if text_only else ""
+    return Check("model", PASSED, ", ".join(where) + kind + hub), located
 
 
 def check_projector(cfg: TrainConfig) -> Check | None:
@@ -229,7 +231,7 @@ def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
     from llava_core.data.validation import check_level
 
     if not cfg.data_path:
-        return [Check("data", FAILED, "--data_path is required (LLaVA JSON or JSONL)")], None
+        return [Check("data", FAILED, "--data_path is required (LLaVA, alpaca, sharegpt or messages JSON/JSONL)")], None
     if cfg.image_folder and not Path(cfg.image_folder).is_dir():
         return [Check("data", FAILED, f"--image_folder {cfg.image_folder}: no such folder")], None
     checks = []
@@ -238,7 +240,7 @@ def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
         check_level(cfg.check_images)
         if located is None:
             report = preflight(cfg.data_path, None, cfg.image_folder or None, cfg.check_images, cfg.prompt_format,
-                               cfg.allow_images_outside_folder, workers=workers)
+                               cfg.allow_images_outside_folder, workers=workers, data_format=cfg.data_format)
             checks.append(Check("lengths", SKIPPED, f"not checked: {why_no_model}"))
         else:
             from llava_core.train.supervised import validate_data

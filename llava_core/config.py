@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, TypeVar
 
 from llava_core.data.conversation import PROMPT_VERSIONS
+from llava_core.data.formats import DATA_FORMATS
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+PEFT_METHODS = ("ptuning", "prompt_tuning", "prefix_tuning")
+"""peft's prompt-learning methods (--peft); LoRA is --lora_enable."""
 ASPECT_RATIOS = ("pad", "resize", "crop")
 T = TypeVar("T")
 
@@ -44,7 +47,7 @@ class TrainConfig(Settings):
     """CLIP/SigLIP-like vision model or full CLIP model (hub id or local path)."""
     version: str = "v1"
     """Prompt format, LLaVA's template names: plain (stage 1), v1 = vicuna_v1 (LLaVA-1.5), llava_v1,
-    llava_llama_2, mistral_instruct, chatml_direct; or chat_template (the tokenizer's own)."""
+    llava_llama_2, mistral_instruct, chatml_direct; alpaca (Stanford Alpaca's prompt); or chat_template (the tokenizer's own)."""
     mm_projector_type: str = "mlp2x_gelu"
     """Projector between vision features and LLM embeddings: linear or mlp2x_gelu."""
     mm_vision_select_layer: int = -2
@@ -93,6 +96,11 @@ class TrainConfig(Settings):
     """Accepted for LLaVA compatibility; unused (LLaVA never reads it either)."""
     mm_projector_lr: float | None = None
     """Learning rate of the projector (LLaVA LoRA: 2e-5); default learning_rate."""
+    peft: str | None = None
+    """Prompt learning through peft instead of LoRA: ptuning (P-tuning, a prompt encoder), prompt_tuning
+    or prefix_tuning; the model stays frozen, --num_virtual_tokens are learnt. Cannot pack (rows are padded)."""
+    num_virtual_tokens: int = 20
+    """Virtual tokens that --peft prepends to every row."""
     bits: int = 16
     """Weight bits of the LLM while training: 16, or 4/8 for QLoRA (LoRA over bitsandbytes-quantized
     weights; NVIDIA GPUs only; needs --lora_enable True)."""
@@ -103,7 +111,11 @@ class TrainConfig(Settings):
 
     # --- data --------------------------------------------------------------------------------
     data_path: str = ""
-    """LLaVA JSON or JSONL file (or several, comma-separated)."""
+    """LLaVA JSON or JSONL file (or several, comma-separated); alpaca, sharegpt, OpenAI messages and
+    data-juicer records too (--data_format)."""
+    data_format: str = "auto"
+    """Record format of --data_path: auto (detected per file), llava, alpaca, sharegpt, messages or
+    datajuicer; converted to LLaVA's conversations on read (llava_core.data.formats)."""
     image_folder: str = ""
     """Folder that the records' ``image`` paths are relative to."""
     image_aspect_ratio: str = "pad"
@@ -111,7 +123,7 @@ class TrainConfig(Settings):
     lazy_preprocess: bool = True
     """Accepted for LLaVA compatibility; data is always loaded lazily."""
     is_multimodal: bool = True
-    """Accepted for LLaVA compatibility; every model here is multimodal."""
+    """Accepted for LLaVA compatibility; a model without a vision part (any causal LM) trains text only."""
     group_by_modality_length: bool = False
     """Batches of image samples and text-only samples, each grouped by length (LLaVA's sampler)."""
     on_bad_sample: str = "fail"
@@ -222,11 +234,29 @@ class TrainConfig(Settings):
 
     @property
     def prompt_format(self) -> str:
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"--data_format {self.data_format!r}: use one of {', '.join(DATA_FORMATS)}")
+        if self.peft is not None and self.peft not in PEFT_METHODS:
+            raise ValueError(f"--peft {self.peft!r}: use one of {', '.join(PEFT_METHODS)} (LoRA is --lora_enable True)")
+        if self.peft and self.lora_enable:
+            raise ValueError(f"--peft {self.peft} and --lora_enable True: pick one adapter")
+        if self.peft and self.num_virtual_tokens < 1:
+            raise ValueError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
+        if self.peft and self.bits != 16:
+            raise ValueError(f"--peft {self.peft} with --bits {self.bits}: quantized training is QLoRA (--lora_enable True)")
         """The normalised prompt format name."""
         return PROMPT_VERSIONS[self.version]
 
 
 
+        if self.peft == "prefix_tuning" and self.gradient_checkpointing is True:
+            raise ValueError("--peft prefix_tuning does not work with gradient checkpointing (peft refuses it): "
+                             "pass --gradient_checkpointing False (or auto, which checkpoints nothing under prefix tuning)")
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches are packed: --packing, unless --peft (its virtual tokens go per padded row)."""
+        return bool(self.packing) and not self.peft
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 

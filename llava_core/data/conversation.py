@@ -1,7 +1,8 @@
 """Prompt formats: turn a LLaVA conversation into text plus the character spans that are answers.
 
 The LLaVA templates (``plain``, ``vicuna_v1``, ``llava_v1``, ``llava_llama_2``, ``mistral_instruct``,
-``chatml_direct``) render the text of LLaVA's ``Conversation.get_prompt``; the tokenizer's own chat
+``chatml_direct``) render the text of LLaVA's ``Conversation.get_prompt``, ``alpaca`` Stanford
+Alpaca's prompt in their "two" style; the tokenizer's own chat
 template is ``chat_template``. Labels are derived from the answer spans through the tokenizer's
 offsets, so the training text is the exact string that inference sees and no "tokenization
 mismatch" can occur.
@@ -15,7 +16,7 @@ tokenizes to LLaVA's ids.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ LLAVA_V1_SYSTEM = (
 LLAVA_LLAMA_2_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that "
     "the user provides, and assist the user with a variety of tasks using natural language."
+)
+ALPACA_SYSTEM = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -62,6 +66,9 @@ TEMPLATES = {
     "mistral_instruct": Template("llama_2", sep=""),
     "chatml_direct": Template("mpt", "<|im_start|>system\nAnswer the questions.",
                               ("<|im_start|>user\n", "<|im_start|>assistant\n"), sep="<|im_end|>"),
+    # Stanford Alpaca's prompt_no_input (train.py PROMPT_DICT) in LLaVA's "two" style: its headers are
+    # followed by ": " here where Alpaca starts a new line; an alpaca record's input joins the instruction
+    "alpaca": Template("two", ALPACA_SYSTEM, ("### Instruction", "### Response"), sep="\n\n"),
 }
 # --version names (LLaVA's conv_templates keys and the LLM families whose own chat template is used)
 # -> prompt format
@@ -228,22 +235,25 @@ def _render_template(turns: list[Turn], t: Template, tokenizer: PreTrainedTokeni
 
 
 def render(turns: list[Turn], fmt: str, tokenizer: PreTrainedTokenizerBase,
-           add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+           add_generation_prompt: bool = False, system: str | None = None) -> tuple[str, list[Span]]:
     """The text of a conversation and the spans of its trained tokens (as LLaVA trains them: the
     separator before an answer, the answer, and the end-of-turn token).
 
     With ``add_generation_prompt`` the last turn must be a user turn and the text ends where the
-    assistant's answer would start.
+    assistant's answer would start. ``system`` (a record's own system prompt) replaces the
+    template's; ``plain`` has none and ignores it.
     """
     if fmt in TEMPLATES:
-        return _render_template(turns, TEMPLATES[fmt], tokenizer, add_generation_prompt)
+        t = TEMPLATES[fmt]
+        return _render_template(turns, t if system is None else replace(t, system=system), tokenizer, add_generation_prompt)
     if fmt == "chat_template":
         if not getattr(tokenizer, "chat_template", None):
             raise ConversationError("--version chat_template: this tokenizer has no chat template")
-        messages = [{"role": r, "content": t} for r, t in turns]
+        head = [{"role": "system", "content": system}] if system is not None else []
+        messages = head + [{"role": r, "content": t} for r, t in turns]
         full = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         spans: list[Span] = []
-        for i, (role, _) in enumerate(turns):
+        for i, (role, _) in enumerate(turns, start=len(head)):
             if role != "assistant":
                 continue
             prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)

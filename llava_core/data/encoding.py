@@ -25,6 +25,7 @@ def conversation_turns(record: Record, fmt: str) -> list[tuple[str, str]]:
         raise ConversationError(f"a record must be a JSON object, got {type(data).__name__}")
     if "__error__" in data:
         raise ConversationError(data["__error__"])
+    record_system(record)
     conversations = data.get("conversations")
     if not isinstance(conversations, list):
         raise ConversationError("missing 'conversations' list" if conversations is None
@@ -40,6 +41,14 @@ def conversation_turns(record: Record, fmt: str) -> list[tuple[str, str]]:
     if fmt == "plain" and len(turns) != 2:
         raise ConversationError("--version plain needs exactly one human turn and one gpt answer")
     return turns
+
+
+def record_system(record: Record) -> str | None:
+    """The record's own system prompt (its ``system`` field), or None for the template's."""
+    system = record.data.get("system") if isinstance(record.data, dict) else None
+    if system is not None and not isinstance(system, str):
+        raise ConversationError(f"'system' must be a string, got {type(system).__name__}")
+    return system or None
 
 
 class SampleTooLong(ConversationError):
@@ -59,12 +68,12 @@ class Encoder:
         self.fmt = fmt
         self.n_image_tokens = n_image_tokens
         self.max_length = max_length
-        self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_id = tokenizer.get_vocab().get(IMAGE_TOKEN, -1)  # -1: a text-only model's tokenizer
         self.max_chars = 4 * max_length * max(map(len, tokenizer.get_vocab()))
 
     def _tokens(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, which are image placeholders, which are trained (answers)."""
-        text, spans = render(conversation_turns(record, self.fmt), self.fmt, self.tokenizer)
+        text, spans = render(conversation_turns(record, self.fmt), self.fmt, self.tokenizer, system=record_system(record))
         if len(text) > self.max_chars:
             raise SampleTooLong(f"{len(text)} characters: more than model_max_length {self.max_length} tokens hold "
                                 f"(at most {self.max_chars // (4 * self.max_length)} characters per token)")
@@ -107,7 +116,14 @@ def image_token_count(vision_config, strategy: str, additional_tokens: int) -> i
     return n - 1 if strategy == "default" else n
 
 
+def tokenizer_of(processor):
+    """The tokenizer of a LLaVA processor; a text-only model's "processor" is its tokenizer."""
+    return getattr(processor, "tokenizer", processor)
+
+
 def n_image_tokens(model_config, processor) -> int:
-    """Image tokens per image that the model expects in input_ids."""
+    """Image tokens per image that the model expects in input_ids (0: a text-only model)."""
+    if getattr(model_config, "vision_config", None) is None:
+        return 0
     return image_token_count(model_config.vision_config, model_config.vision_feature_select_strategy,
                              processor.num_additional_image_tokens)

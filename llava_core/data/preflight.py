@@ -27,6 +27,7 @@ from typing import Any
 from llava_core.data.encoding import Encoder
 from llava_core.data.records import RecordStream, data_files
 from llava_core.data.validation import Checker, Problem, ValidationReport, check_level
+from llava_core.data.formats import open_records
 from llava_core.io import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,9 @@ def file_identity(path: Path) -> dict[str, Any]:
 
 
 def cache_inputs(data_path: str, encoder: Encoder | None, image_folder: str | None, check_images: str, fmt: str,
-                 allow_outside: bool) -> dict[str, Any]:
+                 allow_outside: bool, data_format: str = "auto") -> dict[str, Any]:
     """Everything a validation result depends on."""
-    return {"version": VERSION, "files": [file_identity(p) for p in data_files(data_path)],
+    return {"version": VERSION, "files": [file_identity(p) for p in data_files(data_path)], "data_format": data_format,
             "tokenizer": tokenizer_identity(encoder.tokenizer) if encoder else None,
             "format": encoder.fmt if encoder else fmt, "model_max_length": encoder.max_length if encoder else None,
             "n_image_tokens": encoder.n_image_tokens if encoder else None,
@@ -148,11 +149,13 @@ def _estimate_total(bar, stream: RecordStream, parsed: int) -> None:
 
 def preflight(data_path: str, encoder: Encoder | None, image_folder: str | None, check_images: str = "decode",
               fmt: str = "vicuna_v1", allow_outside: bool = False, workers: int | None = None,
-              cache: str | os.PathLike | bool | None = None, progress: bool | None = None) -> ValidationReport:
+              cache: str | os.PathLike | bool | None = None, progress: bool | None = None,
+              data_format: str = "auto") -> ValidationReport:
     """Validate every record of ``data_path`` (the checks of ``llava_core.data.validate``) on
     ``workers`` processes (None: every core this process may use; one for a small dataset).
 
     ``cache``: a folder for cached results, None for :func:`default_cache_dir`, False for none.
+    Records of ``data_format`` are converted to LLaVA's form first (``llava_core.data.formats``).
     ``progress``: the bar on stderr (None: only on a terminal). The report's ``cache`` is the
     cache file it came from or was written to.
     """
@@ -160,7 +163,7 @@ def preflight(data_path: str, encoder: Encoder | None, image_folder: str | None,
     folder = cache if cache not in (None, True, False) else default_cache_dir() if cache is not False else None
     path = None
     if folder is not None:
-        inputs = cache_inputs(data_path, encoder, image_folder, check_images, fmt, allow_outside)
+        inputs = cache_inputs(data_path, encoder, image_folder, check_images, fmt, allow_outside, data_format)
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
         path = Path(folder) / f"{key}.json"
         if path.is_file():
@@ -174,7 +177,7 @@ def preflight(data_path: str, encoder: Encoder | None, image_folder: str | None,
                     return ValidationReport.from_state(cached["report"], str(path))
                 log.warning("%d image files changed since the cached pre-flight %s: validating again", changed, path)
     check = Checker(encoder, image_folder, check_images, fmt, allow_outside)
-    stream = RecordStream(data_path)
+    stream = open_records(data_path, data_format)
     if workers is None:
         workers = 1 if stream.total_bytes < SMALL else len(os.sched_getaffinity(0))
     results = _Results()

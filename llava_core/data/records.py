@@ -8,7 +8,7 @@ import codecs
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from llava_core.data.conversation import (
     ConversationError,
@@ -168,21 +168,26 @@ class RecordStream:
     """The records of LLaVA JSON (a list) or JSONL files (``data_path`` may list several,
     comma-separated), streamed without holding the files in memory; ``bytes_read`` of
     ``total_bytes`` says how far it is. File-level problems (not UTF-8, invalid JSON, not a list)
-    raise ValueError naming the file, the record index and the line."""
+    raise ValueError naming the file, the record index and the line.
 
-    def __init__(self, data_path: str):
+    ``convert`` maps each file's records to what is yielded (``llava_core.data.formats`` turns
+    other formats into LLaVA's there)."""
+
+    def __init__(self, data_path: str, convert: Callable[[Iterator[Record]], Iterator[Record]] | None = None):
         self.files = data_files(data_path)
         self.total_bytes = sum(p.stat().st_size for p in self.files)
         self.bytes_read = 0
+        self.convert = convert
 
     def __iter__(self) -> Iterator[Record]:
         done = 0
         for p in self.files:
             with open(p, "rb") as f:
                 items = _json_lines(f, str(p)) if p.suffix == ".jsonl" else _json_array(f, str(p))
-                for i, data in items:
+                records = (Record(str(p), i, data) for i, data in items)
+                for rec in self.convert(records) if self.convert else records:
                     self.bytes_read = done + f.tell()
-                    yield Record(str(p), i, data)
+                    yield rec
             done += p.stat().st_size
         self.bytes_read = done
 

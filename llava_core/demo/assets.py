@@ -202,15 +202,27 @@ def build_tiny_parts(out: str | Path, seed: int = 0, vision_steps: int = 150) ->
     layer -2 patch features, the way a real LLaVA run starts from a pretrained CLIP.
     Returns ``llm`` and ``vision`` folders for ``--model_name_or_path`` and ``--vision_tower``.
     """
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    out = Path(out)
+    build_tiny_llm(out / "llm", seed=seed)  # seeds torch: the tower below starts from the RNG state it leaves
+    vcfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                            image_size=IMAGE_SIZE, patch_size=IMAGE_SIZE // 2, projection_dim=64)
+    vision = CLIPVisionModel(vcfg)
+    processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    acc = pretrain_vision(vision, processor, steps=vision_steps, seed=seed)
+    vision.save_pretrained(out / "vision")
+    processor.save_pretrained(out / "vision")
+    atomic_write_json(out / "vision" / "pretraining.json", {"steps": vision_steps, "cell_accuracy": acc})
+    return {"llm": out / "llm", "vision": out / "vision"}
+
+
+def build_tiny_llm(out: str | Path, seed: int = 0, pretrain_steps: int = 60) -> Path:
+    """Save a tiny Llama causal LM (2 layers, hidden 128) with a byte-level BPE tokenizer trained
+    here on the demo's text to ``out``, after ``pretrain_steps`` steps of language modelling;
+    loads with ``AutoModelForCausalLM`` / ``AutoTokenizer``. Returns ``out``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out)
     torch.manual_seed(seed)
@@ -231,19 +243,11 @@ def build_tiny_parts(out: str | Path, seed: int = 0, vision_steps: int = 150) ->
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False))
-    pretrain_llm(llm, tokenizer, seed=seed)
-    llm.save_pretrained(out / "llm")
-    save_portable(tokenizer, out / "llm")
-
-    vcfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                            image_size=IMAGE_SIZE, patch_size=IMAGE_SIZE // 2, projection_dim=64)
-    vision = CLIPVisionModel(vcfg)
-    processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    acc = pretrain_vision(vision, processor, steps=vision_steps, seed=seed)
-    vision.save_pretrained(out / "vision")
-    processor.save_pretrained(out / "vision")
-    atomic_write_json(out / "vision" / "pretraining.json", {"steps": vision_steps, "cell_accuracy": acc})
-    return {"llm": out / "llm", "vision": out / "vision"}
+    if pretrain_steps:
+        pretrain_llm(llm, tokenizer, seed=seed, steps=pretrain_steps)
+    llm.save_pretrained(out)
+    save_portable(tokenizer, out)
+    return out
 
 
 def pretrain_llm(llm: torch.nn.Module, tokenizer, seed: int, steps: int = 60, batch: int = 32) -> float:
@@ -320,8 +324,41 @@ def ensure_assets(assets_dir: str | Path) -> dict[str, str]:
     return {k: str(root / v) for k, v in paths.items()}
 
 
+def write_text_sample(path: str | Path, fmt: str = "alpaca", n: int = 64, seed: int = 0) -> Path:
+    """A text-only instruction dataset of ``n`` records about the demo's pictures (questions and
+    answers the tiny tokenizer knows), in record format ``fmt`` (``llava_core.data.formats``)."""
+    from llava_core.data.formats import write_records
+
+    rng = random.Random(seed)
+    pairs = list(TEXT_ONLY)
+    for _ in range(n):
+        scene = random_scene(rng)
+        pairs.append((f"Describe a picture of {len(scene.objects)} objects.", caption(scene)))
+    records = [{"id": f"text{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+               for i, (q, a) in enumerate(pairs[:n])]
+    return write_records(records, path, fmt)
+
+
+def ensure_text_assets(assets_dir: str | Path) -> dict[str, str]:
+    """A tiny causal LM (``llm/``, no vision part) and ``alpaca.json`` under ``assets_dir``, made on
+    first use (seconds): what a text-only finetune or ``--peft`` run of the README trains."""
+    root = Path(assets_dir).absolute()
+    paths = {"llm": root / "llm", "alpaca": root / "alpaca.json"}
+    if not (root / "ready.json").is_file():
+        build_tiny_llm(paths["llm"])
+        write_text_sample(paths["alpaca"])
+        atomic_write_json(root / "ready.json", {"version": ASSET_VERSION})
+    return {k: str(v) for k, v in paths.items()}
+
+
 def tiny_asset_values(assets_dir: str | Path) -> dict[str, str]:
     """Flags that point a job at the embedded default (what ``demo_assets: true`` fills in)."""
     p = ensure_assets(assets_dir)
     return {"model_name_or_path": p["llm"], "vision_tower": p["vision"], "data_path": p["finetune"],
             "image_folder": p["image_folder"]}
+
+
+if __name__ == "__main__":  # python -m llava_core.demo.assets text DIR: the tiny causal LM and alpaca.json
+    import fire
+
+    fire.Fire({"text": ensure_text_assets, "all": ensure_assets})

@@ -1,6 +1,7 @@
 """The model: transformers' LLaVA class, loaded from a checkpoint or assembled from a vision tower
-and an LLM with a fresh projector; its processor; a weightless skeleton; the projector in LLaVA's
-own format.
+and an LLM with a fresh projector, or a causal LM alone (no vision part: trained text only, its
+tokenizer in place of the processor); its processor; a weightless skeleton; the projector in
+LLaVA's own format.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from llava_core.compat import dtype_kwargs, llava_load_kwargs
@@ -40,24 +43,53 @@ def is_llava_checkpoint(path: str, cache_dir: str | None = None) -> bool:
         return False
 
 
+def is_text_only_run(cfg: TrainConfig) -> bool:
+    """True when ``cfg`` trains a causal LM alone: no ``vision_tower`` and ``model_name_or_path``
+    not a LLaVA checkpoint. ValueError when that model is no causal LM either."""
+    if cfg.vision_tower or is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
+        return False
+    model_type = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir).model_type
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"--model_name_or_path {cfg.model_name_or_path!r} (model_type {model_type!r}) is neither a LLaVA "
+                         "checkpoint nor a causal LM: give a LLaVA, a causal LM (trained text only), or a causal LM "
+                         "and --vision_tower to assemble a LLaVA")
+    return True
+
+
+def load_tokenizer(cfg: TrainConfig, image_token: bool):
+    """The LLM's tokenizer at ``model_max_length``, with a pad token (its unk or eos when it has
+    none), and the ``<image>`` token added when ``image_token``."""
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir, use_fast=True)
+    tokenizer.model_max_length = cfg.model_max_length
+    if image_token and IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
 def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The model and processor a run starts from.
 
     Either an existing HF-format LLaVA checkpoint (``model_name_or_path``), or a new LLaVA assembled
     from ``vision_tower`` + the causal LLM ``model_name_or_path`` with a fresh projector, optionally
     loaded from a LLaVA-original ``pretrain_mm_mlp_adapter`` file; a LLaVA-original checkpoint is
-    assembled from its parts (``llava_original.as_parts``).
+    assembled from its parts (``llava_original.as_parts``). Without ``vision_tower`` a causal LM is
+    loaded alone (``AutoModelForCausalLM``), with its tokenizer as the processor.
     """
     cfg = as_parts(cfg)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         model = load_llava(cfg.model_name_or_path, dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation,
                            **qlora_load_kwargs(cfg))
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+    elif is_text_only_run(cfg):
+        processor = load_tokenizer(cfg, image_token=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir,
+            attn_implementation=cfg.attn_implementation, **qlora_load_kwargs(cfg))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.generation_config.pad_token_id = processor.pad_token_id
     else:
-        if not cfg.vision_tower:
-            raise ValueError(
-                f"--model_name_or_path {cfg.model_name_or_path!r} is not a LLaVA checkpoint, so --vision_tower is required"
-            )
         model, processor = assemble(cfg, dtype)
     if cfg.pretrain_mm_mlp_adapter:
         load_mm_projector(model, cfg.pretrain_mm_mlp_adapter)
@@ -88,23 +120,17 @@ def _select_strategy(vision_cfg, cfg: TrainConfig) -> tuple[str, bool]:
 
 
 def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
-    """The processor a run uses and the image tokens per image, without loading any weights."""
+    """The processor a run uses and the image tokens per image, without loading any weights (a
+    text-only run's tokenizer and 0)."""
     cfg = as_parts(cfg, weights=False)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         vision_cfg, strategy = config.vision_config, config.vision_feature_select_strategy
+    elif is_text_only_run(cfg):
+        return load_tokenizer(cfg, image_token=False), 0
     else:
-        if not cfg.vision_tower:
-            raise ValueError(
-                f"--model_name_or_path {cfg.model_name_or_path!r} is not a LLaVA checkpoint, so --vision_tower is required"
-            )
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir, use_fast=True)
-        tokenizer.model_max_length = cfg.model_max_length
-        if IMAGE_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        tokenizer = load_tokenizer(cfg, image_token=True)
         vision_cfg = _vision_config(cfg)
         strategy, has_cls = _select_strategy(vision_cfg, cfg)
         processor = LlavaProcessor(
@@ -155,14 +181,16 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
     return model, processor
 
 
-def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration:
-    """The run's model on the meta device, from configs only (no weights): for size and memory estimates."""
+def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration | PreTrainedModel:
+    """The run's model on the meta device, from configs only (no weights): for size and memory
+    estimates (a causal LM for a text-only run)."""
     cfg = as_parts(cfg, weights=False)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+    elif is_text_only_run(cfg):
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir))
     else:
-        if not cfg.vision_tower:
-            raise ValueError(f"--model_name_or_path {cfg.model_name_or_path!r} is not a LLaVA checkpoint, so --vision_tower is required")
         vision_cfg = _vision_config(cfg)
         text_cfg = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         strategy, _ = _select_strategy(vision_cfg, cfg)
@@ -222,10 +250,22 @@ def projector_state_llava_format(model: LlavaForConditionalGeneration) -> dict[s
 
 
 def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Load an HF-format LLaVA (e.g. a run's ``final/``) and its processor."""
-    model = load_llava(path, dtype)
-    processor = AutoProcessor.from_pretrained(path)
-    return model.eval(), processor
+    """Load an HF-format LLaVA (e.g. a run's ``final/``) and its processor, or a causal LM and its tokenizer."""
+    return load_pretrained(path, dtype).eval(), load_saved_processor(path)
+
+
+def load_saved_processor(path: str | Path, model_dir: str | Path | None = None):
+    """The processor saved in ``path`` (a LLaVA's), or the tokenizer (a causal LM's); which of the
+    two is read from the model's config in ``model_dir`` (default ``path``)."""
+    llava = is_llava_checkpoint(str(model_dir or path))
+    return AutoProcessor.from_pretrained(path) if llava else AutoTokenizer.from_pretrained(path)
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> PreTrainedModel:
+    """The HF-format model in ``path``: a LLaVA (:func:`load_llava`) or a causal LM without a vision part."""
+    if is_llava_checkpoint(str(path)):
+        return load_llava(path, dtype, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(dtype), **kwargs)
 
 
 def load_llava(path: str | Path, dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> LlavaForConditionalGeneration:

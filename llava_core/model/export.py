@@ -2,6 +2,7 @@
 model in LLaVA's original format (``LlavaLlamaForCausalLM``, for LLaVA's own serving and eval scripts)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,7 +12,8 @@ from llava_core.config import TrainConfig
 from llava_core.data.conversation import chat_template
 from llava_core.io import atomic_dir, atomic_write_json
 from llava_core.model import llava_original
-from llava_core.model.build import build_model, load_llava, projector_state_llava_format
+from llava_core.model.build import build_model, load_pretrained, load_saved_processor, projector_state_llava_format
+from llava_core.model.parts import is_text_only
 
 FORMATS = ("hf", "llava")
 """``hf``: transformers' LlavaForConditionalGeneration; ``llava``: LLaVA's original format."""
@@ -30,7 +32,7 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, t
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a LoRA run's checkpoint?)")
-    base_cfg = type(cfg).from_dict({**cfg.to_dict(), "lora_enable": False})
+    base_cfg = type(cfg).from_dict({**cfg.to_dict(), "lora_enable": False, "peft": None})
     # At the end of a ZeRO-3 run only rank 0 merges: build the base whole, not under zero.Init
     # (whose collectives would wait for the other ranks forever).
     from transformers.integrations import deepspeed as hf_deepspeed
@@ -47,16 +49,12 @@ def merge_lora(adapter_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, t
 
 def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, to: str = "hf",
                          cfg: TrainConfig | None = None) -> Path:
-    """Copy a (non-LoRA) checkpoint's model and processor into a standalone folder in format ``to``
-    (``llava`` needs the run's ``cfg``)."""
-    from transformers import AutoProcessor
-
+    """Copy a (non-LoRA) checkpoint's model and processor (a causal LM's tokenizer) into a
+    standalone folder in format ``to`` (``llava`` needs the run's ``cfg``)."""
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (not a model checkpoint)")
-    model = load_llava(checkpoint_dir)
-    processor = AutoProcessor.from_pretrained(checkpoint_dir)
-    return _save(model, processor, out_dir, to, cfg)
+    return _save(load_pretrained(checkpoint_dir), load_saved_processor(checkpoint_dir), out_dir, to, cfg)
 
 
 def convert_llava_original(path: str, out_dir: str | Path, to: str = "hf", version: str = "v1") -> Path:
@@ -72,6 +70,8 @@ def _save(model, processor, out_dir: str | Path, to: str, cfg: TrainConfig | Non
     if to not in FORMATS:
         raise ValueError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
     if to == "llava":
+        if is_text_only(model):
+            raise ValueError("--to llava: this model has no vision part (a causal LM); export it with --to hf")
         return save_llava_original(model, processor, cfg or TrainConfig(), out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -106,3 +106,18 @@ def save_llava_original(model, processor, cfg: TrainConfig, out_dir: str | Path)
         model.generation_config.save_pretrained(tmp)
         save_portable(processor.tokenizer, tmp)
     return out_dir
+
+
+def copy_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """A prompt-learning adapter (``--peft``: a run's ``adapter/`` or one of its checkpoints) as a
+    standalone folder: adapter config, weights and tokenizer (prompt encoders do not merge into the
+    model; ``jobs.chat --model`` loads the folder on its base)."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (is this a --peft run's checkpoint?)")
+    keep = ("adapter_", "tokenizer", "special_tokens_map", "chat_template")
+    with atomic_dir(out_dir) as tmp:
+        for f in adapter_dir.iterdir():
+            if f.is_file() and f.name.startswith(keep):
+                shutil.copy2(f, tmp / f.name)
+    return Path(out_dir)

@@ -16,7 +16,15 @@ from transformers import AutoProcessor
 
 from llava_core.config import TrainConfig
 from llava_core.data.conversation import generation_prompt, place_images, render
-from llava_core.model.build import build_model, load_for_inference, load_llava
+from llava_core.data.encoding import tokenizer_of
+from llava_core.model.build import (
+    build_model,
+    is_llava_checkpoint,
+    load_for_inference,
+    load_llava,
+    load_pretrained,
+    load_saved_processor,
+)
 from llava_core.model.hub import locate, locate_models
 from llava_core.model.quantize import inference_bits, quantized_load_kwargs
 from llava_core.run_config import read_run_config
@@ -44,13 +52,16 @@ def inference_device() -> torch.device:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """The folder that holds the weights: ``path`` itself, or a run folder's ``final/``."""
+    """The folder that holds the weights: ``path`` itself, or a run folder's ``final/`` (a
+    prompt-learning run's ``adapter/``)."""
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"--model {p}: no such folder")
-    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file() \
-            and (p / "final" / "config.json").is_file():
-        return p / "final"
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        if (p / "final" / "config.json").is_file():
+            return p / "final"
+        if (p / "adapter" / "adapter_config.json").is_file():  # a --peft run: its adapter is the outcome
+            return p / "adapter"
     if (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
         return p
     raise FileNotFoundError(f"--model {p}: not an HF-format model (config.json), a run folder "
@@ -58,7 +69,9 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, bits: int = 16):
-    """(model, processor) in eval mode; a LoRA adapter is merged into its base model.
+    """(model, processor) in eval mode; a LoRA adapter is merged into its base model, a
+    prompt-learning adapter (``--peft``) wraps it (prompt encoders do not merge). A causal LM
+    trained text only comes with its tokenizer as the processor.
 
     ``bits`` 8 or 4 loads the language model quantized by bitsandbytes onto this rank's GPU,
     computing in ``dtype`` (NVIDIA only: ValueError elsewhere).
@@ -73,8 +86,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, bits: int =
         from peft import PeftModel
 
         base, processor = _adapter_base(p, dtype)
-        model = PeftModel.from_pretrained(base, str(p)).merge_and_unload()
-        return model.eval(), processor
+        model = PeftModel.from_pretrained(base, str(p))
+        return (model if model.active_peft_config.is_prompt_learning else model.merge_and_unload()).eval(), processor
+    if not is_llava_checkpoint(str(p)):  # a causal LM: its tokenizer is saved beside it (final/ and checkpoints)
+        return load_pretrained(p, dtype, **quantized).eval(), load_saved_processor(p)
     if any((p / f).is_file() for f in _PROCESSOR_FILES):
         if quantized:
             return load_llava(p, dtype, **quantized).eval(), AutoProcessor.from_pretrained(p)
@@ -113,9 +128,14 @@ def stream_answer(model, processor, prompt: str, image: str | None = None, max_n
     pieces while it is generated: greedy at ``temperature`` 0, else sampled with ``top_p``."""
     from transformers import TextIteratorStreamer
 
-    tokenizer = processor.tokenizer
-    pil = [Image.open(image).convert("RGB")] if image is not None else None
-    inputs = processor(text=[prompt], images=pil, return_tensors="pt", add_special_tokens=False)
+    tokenizer = tokenizer_of(processor)
+    if tokenizer is processor:  # a text-only model
+        if image is not None:
+            raise ValueError("--image: this model has no vision part (a causal LM trained text only)")
+        inputs = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    else:
+        pil = [Image.open(image).convert("RGB")] if image is not None else None
+        inputs = processor(text=[prompt], images=pil, return_tensors="pt", add_special_tokens=False)
     inputs = {k: v.to(model.device) for k, v in inputs.items() if k != "token_type_ids"}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(next(model.model.vision_tower.parameters()).dtype)
@@ -145,7 +165,7 @@ def _adapter_base(adapter: Path, dtype: torch.dtype):
     in a run folder, else loaded from the adapter's ``base_model_name_or_path``."""
     saved = read_run_config(adapter.parent)
     if saved is not None and isinstance(saved.settings, TrainConfig):
-        cfg = dataclasses.replace(saved.settings, lora_enable=False)
+        cfg = dataclasses.replace(saved.settings, lora_enable=False, peft=None)
         return build_model(dataclasses.replace(cfg, **locate_models(vars(cfg))), dtype)
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:

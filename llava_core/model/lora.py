@@ -1,21 +1,24 @@
-"""LoRA adapters (peft) on the language model's linear layers, never the vision tower.
+"""Adapters through peft: LoRA on the language model's linear layers (never the vision tower), and
+the prompt-learning methods (P-tuning, prompt tuning, prefix tuning) of ``--peft``.
 """
 from __future__ import annotations
 
 import re
 
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
 from llava_core.config import TrainConfig
-from llava_core.model.parts import PARTS
+from llava_core.model.parts import PARTS, is_text_only
 
 
-def lora_target_regex(model: LlavaForConditionalGeneration) -> str:
-    """A regex for every nn.Linear inside the language model (never the vision tower or projector)."""
+def lora_target_regex(model: LlavaForConditionalGeneration | PreTrainedModel) -> str:
+    """A regex for every nn.Linear inside the language model (never the vision tower, projector
+    or lm_head); in a causal LM without a vision part, every nn.Linear but lm_head."""
+    text_only = is_text_only(model)
     leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and PARTS["llm"] in n})
-    return r".*language_model\..*\.(" + "|".join(map(re.escape, leaves)) + r")$"
+                     if isinstance(m, torch.nn.Linear) and (PARTS["llm"] in n or text_only and "." in n)})
+    return (r".*\." if text_only else r".*language_model\..*\.") + "(" + "|".join(map(re.escape, leaves)) + r")$"
 
 
 def wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torch.nn.Module:
@@ -27,3 +30,26 @@ def wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torc
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.lora_bias,
                         target_modules=lora_target_regex(model), modules_to_save=to_save or None)
     return get_peft_model(model, config)
+
+
+def prompt_learning_config(model: torch.nn.Module, cfg: TrainConfig):
+    """peft's config of ``cfg.peft``: P-tuning (an MLP prompt encoder as wide as the LLM), prompt
+    tuning or prefix tuning, each with ``cfg.num_virtual_tokens`` virtual tokens."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    common = {"task_type": "CAUSAL_LM", "num_virtual_tokens": cfg.num_virtual_tokens}
+    if cfg.peft == "ptuning":
+        return PromptEncoderConfig(**common, encoder_hidden_size=model.config.get_text_config().hidden_size)
+    if cfg.peft == "prompt_tuning":
+        return PromptTuningConfig(**common)
+    if cfg.peft == "prefix_tuning":
+        return PrefixTuningConfig(**common)
+    raise ValueError(f"--peft {cfg.peft!r}: use ptuning, prompt_tuning or prefix_tuning")
+
+
+def wrap_prompt_learning(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """The model frozen under a peft prompt-learning adapter (``cfg.peft``): only the virtual
+    tokens (and P-tuning's encoder) train."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, prompt_learning_config(model, cfg))

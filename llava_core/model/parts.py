@@ -1,9 +1,11 @@
 """The model's parts by name: module prefixes of the vision tower, projector, language model and
-lm_head; the language model itself, its text configs and decoder layers.
+lm_head; the language model itself, its text configs and decoder layers. A causal LM without a
+vision part (``AutoModelForCausalLM``, trained text only) has the parts ``llm`` and ``lm_head``.
 """
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedModel
 
 PARTS = {
     "vision_tower": "vision_tower.",
@@ -13,12 +15,24 @@ PARTS = {
 }
 
 
+def base_model(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model inside a (possibly PEFT-wrapped) model."""
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+
+
+def is_text_only(model: torch.nn.Module) -> bool:
+    """True for a causal LM without a vision part (no ``vision_config``), PEFT-wrapped or not."""
+    return getattr(base_model(model).config, "vision_config", None) is None
+
+
 def language_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The language model (decoder stack) of a (possibly PEFT-wrapped) Llava model."""
-    for module in model.modules():
-        if type(module).__name__.endswith("ForConditionalGeneration") and hasattr(module, "model"):
-            return module.model.language_model
-    raise ValueError("no Llava language model found")
+    """The language model (decoder stack) of a (possibly PEFT-wrapped) Llava model or causal LM."""
+    outer = base_model(model)
+    if type(outer).__name__.endswith("ForConditionalGeneration") and hasattr(outer, "model"):
+        return outer.model.language_model
+    if is_text_only(outer) and hasattr(outer, outer.base_model_prefix):
+        return getattr(outer, outer.base_model_prefix)
+    raise ValueError(f"no language model found in {type(outer).__name__}")
 
 
 def text_configs(model: torch.nn.Module) -> list:

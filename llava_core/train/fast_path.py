@@ -64,7 +64,9 @@ def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequenc
     from llava_core.train.packing import use_varlen_attention
 
     done: dict[str, object] = {}
-    if cfg.packing:
+    if cfg.packing and not cfg.packed:
+        done["packing"] = f"off: --peft {cfg.peft} prepends virtual tokens to every row, so batches are padded"
+    if cfg.packed:
         use_varlen_attention(model)
         done["attention"] = "packed varlen"
     if cfg.bf16 and not cfg.deepspeed:
@@ -74,7 +76,8 @@ def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequenc
         done["frozen_weights"] = "bf16"
     if cfg.gradient_checkpointing == "auto":
         shape = job_shape(model, cfg, lengths)
-        count = auto_checkpointed_layers(shape, local_gpu_gib())
+        # peft's prefix tuning refuses checkpointing: none of its layers are
+        count = 0 if cfg.peft == "prefix_tuning" else auto_checkpointed_layers(shape, local_gpu_gib())
         checkpoint_layers(model, count)
         done["checkpointed_layers"] = count
         done["predicted_peak_gib"] = round(estimate_peak_memory(JobShape(**{**shape.__dict__, "checkpointed_layers": count})).total_gib, 1)

@@ -228,20 +228,24 @@ def _numel(module: torch.nn.Module) -> int:
 
 def job_shape(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> JobShape:
     """The memory-relevant shape of training `model` (after its freeze plan) per `cfg` on `lengths`."""
-    llava = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from llava_core.model.freeze import part_of
+    from llava_core.model.parts import base_model, is_text_only, language_model
+
+    llava = base_model(model)
+    text_only = is_text_only(llava)  # a causal LM alone: no vision tower or projector
     text = llava.config.get_text_config()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    projector = _numel(llava.model.multi_modal_projector)
-    llm_trainable = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and "language_model" in n)
-    train = "full" if llm_trainable else "lora" if cfg.lora_enable else "projector"
+    projector = 0 if text_only else _numel(llava.model.multi_modal_projector)
+    llm_trainable = any(p.requires_grad for n, p in model.named_parameters() if part_of(n, text_only) == "llm")
+    train = "full" if llm_trainable else "lora" if cfg.lora_enable or cfg.peft else "projector"
     stage, offload = deepspeed_zero(cfg.deepspeed)
-    tokens = micro_batch_tokens(lengths, cfg.per_device_train_batch_size, cfg.packing)
+    tokens = micro_batch_tokens(lengths, cfg.per_device_train_batch_size, cfg.packed)
     return JobShape(
-        vision_params=_numel(llava.model.vision_tower), projector_params=projector,
-        llm_params=_numel(llava.model.language_model) + llava.lm_head.weight.numel(),
+        vision_params=0 if text_only else _numel(llava.model.vision_tower), projector_params=projector,
+        llm_params=_numel(language_model(llava)) + llava.lm_head.weight.numel(),
         hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
         kv_dim=text.num_key_value_heads * (text.hidden_size // text.num_attention_heads), vocab=text.vocab_size,
-        train=train, tokens=tokens, logit_tokens=tokens, images=cfg.per_device_train_batch_size,
+        train=train, tokens=tokens, logit_tokens=tokens, images=0 if text_only else cfg.per_device_train_batch_size,
         lora_params=trainable - projector if train == "lora" else 0,
         precision="deepspeed_bf16" if cfg.deepspeed else "autocast", zero_stage=stage, offload_optimizer=offload,
         world_size=int(os.environ.get("WORLD_SIZE", "1")), compiled=cfg.compile_layers,

@@ -24,10 +24,12 @@ from llava_core.train.environment import barrier, is_main
 
 def save_final(trainer: Trainer, cfg: TrainConfig, processor, skipped_at_load: int = 0) -> Path:
     """Write ``final/`` (HF format) atomically; stage 1 also ``mm_projector.bin``; LoRA also
-    ``adapter/``; then ``train_done.json`` (the step, ``final``, the samples skipped at load time)."""
+    ``adapter/``; then ``train_done.json`` (the step, ``final``, the samples skipped at load time).
+    A prompt-learning run (``--peft``) writes ``adapter/`` alone (prompt encoders do not merge into
+    the weights) and returns it."""
     out = Path(cfg.output_dir)
-    final = out / "final"
-    tmp = out / (".adapter.tmp" if cfg.lora_enable else ".final.tmp")
+    final = out / "adapter" if cfg.peft else out / "final"
+    tmp = out / (".adapter.tmp" if cfg.lora_enable or cfg.peft else ".final.tmp")
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
@@ -41,6 +43,9 @@ def save_final(trainer: Trainer, cfg: TrainConfig, processor, skipped_at_load: i
             shutil.rmtree(adapter, ignore_errors=True)
             os.replace(tmp, adapter)
             merge_lora(adapter, cfg, final)
+        elif cfg.peft:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
         else:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

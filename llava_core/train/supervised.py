@@ -14,9 +14,9 @@ from llava_core.data.dataset import (
     Collator,
     LazySupervisedDataset,
 )
-from llava_core.data.encoding import Encoder, n_image_tokens
+from llava_core.data.encoding import Encoder, n_image_tokens, tokenizer_of
+from llava_core.data.formats import read_records
 from llava_core.data.images import ImageLoader
-from llava_core.data.records import load_records
 from llava_core.data.validation import ValidationReport, validate
 from llava_core.model.build import (
     load_processor,
@@ -41,9 +41,11 @@ def validate_data(cfg: TrainConfig, processor=None, n_image_tokens: int | None =
 
     if processor is None:
         processor, n_image_tokens = load_processor(cfg)
-    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens, cfg.model_max_length)
-    return preflight(cfg.data_path, encoder, cfg.image_folder or None, cfg.check_images, cfg.prompt_format,
-                     cfg.allow_images_outside_folder, workers=workers, cache=cache, progress=progress)
+    encoder = Encoder(tokenizer_of(processor), cfg.prompt_format, n_image_tokens, cfg.model_max_length)
+    image_folder = cfg.image_folder if n_image_tokens else None  # a text-only model takes no image
+    return preflight(cfg.data_path, encoder, image_folder, cfg.check_images, cfg.prompt_format,
+                     cfg.allow_images_outside_folder, workers=workers, cache=cache, progress=progress,
+                     data_format=cfg.data_format)
 
 
 def prepare_data(cfg: TrainConfig, model_config, processor,
@@ -53,9 +55,9 @@ def prepare_data(cfg: TrainConfig, model_config, processor,
     time too (skips counted in ``<output_dir>/skipped_at_load.jsonl``)."""
     if isinstance(report, (str, os.PathLike)):
         report = ValidationReport.load(report)
-    records = load_records(cfg.data_path)
-    encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model_config, processor), cfg.model_max_length)
-    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
+    records = read_records(cfg.data_path, cfg.data_format)
+    encoder = Encoder(tokenizer_of(processor), cfg.prompt_format, n_image_tokens(model_config, processor), cfg.model_max_length)
+    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio) if encoder.n_image_tokens else None
     if report is None:
         report = validate(records, encoder, images, cfg.check_images, allow_outside=cfg.allow_images_outside_folder)
     elif report.total != len(records):
@@ -84,11 +86,11 @@ class SupervisedRecipe:
         return prepare_data(cfg, model_config, processor, self.report)
 
     def collator(self, cfg: TrainConfig, processor) -> Callable:
-        pad_id = processor.tokenizer.pad_token_id
-        return PackingCollator(pad_id, max_segment_length=cfg.model_max_length) if cfg.packing else Collator(pad_id)
+        pad_id = tokenizer_of(processor).pad_token_id
+        return PackingCollator(pad_id, max_segment_length=cfg.model_max_length) if cfg.packed else Collator(pad_id)
 
     def trainer_kwargs(self, cfg: TrainConfig) -> dict[str, Any]:
-        return {"compute_loss_func": packed_causal_lm_loss if cfg.packing else None}
+        return {"compute_loss_func": packed_causal_lm_loss if cfg.packed else None}
 
     def describe(self, cfg: TrainConfig, model, dataset) -> str | None:
         return None

@@ -23,8 +23,9 @@ from llava_core.data.dataset import (
 )
 from llava_core.data.encoding import n_image_tokens
 from llava_core.model.build import (
-    load_llava,
+    load_pretrained,
 )
+from llava_core.model.parts import is_text_only
 
 
 class LlavaTrainer(Trainer):
@@ -48,7 +49,7 @@ class LlavaTrainer(Trainer):
         # transformers writes LLaVA weights under the original checkpoint key names, and the Trainer's
         # own resume loads them raw with strict=False: nothing matches and training silently restarts
         # from the initial weights. Load through from_pretrained (which maps the names), strictly.
-        saved = load_llava(resume_from_checkpoint, next(model.parameters()).dtype)
+        saved = load_pretrained(resume_from_checkpoint, next(model.parameters()).dtype)
         model.load_state_dict(saved.state_dict(), strict=True)
 
     def _save(self, output_dir=None, state_dict=None):
@@ -99,7 +100,7 @@ class LlavaTrainer(Trainer):
         return add_blank_image(inputs, llava.config.image_token_id, n_image_tokens(llava.config, self.processing_class), image)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "pixel_values" not in inputs and self.args.world_size > 1:
+        if "pixel_values" not in inputs and self.args.world_size > 1 and not is_text_only(model):
             inputs = self.with_blank_image(model, inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
