@@ -1,14 +1,16 @@
 """Show jobs: ``python -m jobs.status [JOB] [--runs DIR]``.
 
 Without JOB, one line per job under ``runs/``: state, nodes, step reached, last loss, time left.
-With JOB (a job directory or its name under ``runs/``), the details; for a job that did not
-complete, the cause first (the first rank that ended: exit status or signal, node, its traceback or
+With JOB (a job directory or its name under ``runs/``), the details; STALLED (the silent rank, its
+last step and since when: cluster.progress) for a running job whose progress stopped; for a job
+that did not complete, the cause first (the first rank that ended: exit status or signal, node, its traceback or
 last log lines), then what the other ranks reported after it ("no space left on <path>" for a full
 disk).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
@@ -24,13 +26,30 @@ def find_job(job: str, runs: str = "runs") -> Path:
     base = Path(runs)
     if (base / job / LAUNCH_RECORD).exists():
         return base / job
-    matches = sorted(p for p in base.glob(f"{job}*") if (p / LAUNCH_RECORD).exists())
+    for folder in (path, base / job):
+        if folder.exists():
+            raise UsageError(not_a_job(folder))
+    if path.is_absolute() or len(path.parts) > 1:
+        raise UsageError(f"{path}: no such job directory")
+    matches = sorted(p for p in base.glob(f"{glob.escape(job)}*") if (p / LAUNCH_RECORD).exists())
     if len(matches) == 1:
         return matches[0]
     if matches:
         raise UsageError(f"JOB {job!r} matches several jobs under {base}/: "
                          f"{', '.join(p.name for p in matches)}")
     raise UsageError(f"JOB {job!r}: no submitted job at {path} or under {base}/")
+
+
+def not_a_job(path: Path) -> str:
+    """Why the existing ``path`` is no job to show (one line)."""
+    if not path.is_dir():
+        return f"{path} is a file, not a job directory"
+    if (path / "validation.json").exists():
+        return (f"{path}: never submitted: the pre-flight refused it (the bad samples: "
+                f"{path / 'validation.json'})")
+    if (path / "config.yaml").exists():
+        return f"{path}: never submitted to an executor (it has a config.yaml but no {LAUNCH_RECORD})"
+    return f"{path} is not a job directory (no {LAUNCH_RECORD})"
 
 
 def last_metrics(job_dir: Path) -> tuple[int | None, float | None]:
