@@ -30,6 +30,13 @@ class Check:
 def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -> str:
     """Global batch = per-device x accumulation x processes; an error saying what to change when it
     differs from the recipe's ``expected`` (None or 0: no check)."""
+    if cfg.per_device_train_batch_size == "auto":  # the ranks split the accumulation's samples into micro batches
+        actual = cfg.gradient_accumulation_steps * processes
+        line = (f"global batch: auto per device x accumulation = {cfg.gradient_accumulation_steps} samples x "
+                f"{processes} processes = {actual}")
+        if not expected or actual == expected:
+            return line + (f" (recipe: {expected})" if expected else "")
+        raise ValueError(f"{line}, but the recipe's global batch is {expected}")
     per_step = cfg.per_device_train_batch_size * processes
     actual = per_step * cfg.gradient_accumulation_steps
     line = (f"global batch: {cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
@@ -198,11 +205,17 @@ def check_training_arguments(cfg: TrainConfig) -> Check:
                                                    "give a positive number of epochs or --max_steps N")
     if cfg.bf16 and cfg.fp16:
         return Check("training arguments", FAILED, "--bf16 True and --fp16 True: pick one precision")
+    if cfg.save_strategy == "steps" and not cfg.save_steps > 0:
+        return Check("training arguments", FAILED, f"--save_steps {cfg.save_steps}: --save_strategy steps needs a "
+                                                   "positive number of steps between checkpoints (or --save_strategy "
+                                                   "epoch or no)")
     # built as a lone process: with a rank's variables inherited, TrainingArguments would join a process group
     saved = {k: os.environ.pop(k) for k in DISTRIBUTED_ENV if k in os.environ}
     try:
+        micro_batch = 1 if cfg.per_device_train_batch_size == "auto" else cfg.per_device_train_batch_size  # the ranks choose
         args = training_arguments(dataclasses.replace(cfg, bf16=False, fp16=False, tf32=None, deepspeed=None,
-                                                      report_to="none"), cpu_shared_state=False)
+                                                      per_device_train_batch_size=micro_batch, report_to="none"),
+                                  cpu_shared_state=False)
     except (ValueError, TypeError, ImportError) as e:
         return Check("training arguments", FAILED, _name_the_flag(str(e), cfg))
     finally:
@@ -296,6 +309,7 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
         model_check, located = check_models(cfg)
         checks.append(model_check)
         why = f"the tokenizer and image-token count need the model ({model_check.detail})"
+    from jobs.micro_batch import check_micro_batch, is_auto_batch
     from jobs.zero_choice import is_auto
 
     auto = is_auto(cfg.deepspeed)  # chosen after the data check: it reads the samples' lengths
@@ -310,21 +324,36 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
     else:
         data_checks, report = check_data(cfg, located, why)
         checks += data_checks
+    batch_check = None
+    if is_auto_batch(cfg.per_device_train_batch_size):  # after the data check too: it reads the samples' lengths
+        batch_check, cfg, located = check_micro_batch(cfg, located, procs, _ranks_gpu_gib(spec, job),
+                                                      report.lengths if report else (), spec.platform,
+                                                      job.get("global_batch_size"))
+        checks.insert(ds_at, batch_check)
+        ds_at += 1
     if auto:
-        ds_check, cfg = check_deepspeed(cfg, spec.platform, located=located, world_size=procs,
+        ds_located = located  # the ranks choose the micro batch: ZeRO is chosen at a micro batch of 1, as they do
+        if located is not None and is_auto_batch(located.per_device_train_batch_size):
+            ds_located = dataclasses.replace(located, per_device_train_batch_size=1)
+        ds_check, cfg = check_deepspeed(cfg, spec.platform, located=ds_located, world_size=procs,
                                         gpu_gib=_ranks_gpu_gib(spec, job), lengths=report.lengths if report else None)
         checks.insert(ds_at, ds_check)
         if located is not None:
             located = dataclasses.replace(located, deepspeed=cfg.deepspeed)
     checks.append(check_training_arguments(cfg))
-    try:
-        checks.append(Check("global batch", PASSED, check_global_batch(cfg, procs, job.get("global_batch_size")).split(": ", 1)[1]))
-    except ValueError as e:
-        checks.append(Check("global batch", FAILED, str(e).split(": ", 1)[1]))
+    if batch_check is not None and batch_check.status == FAILED:
+        checks.append(Check("global batch", SKIPPED, "see the micro batch check"))
+    else:
+        try:
+            checks.append(Check("global batch", PASSED, check_global_batch(cfg, procs, job.get("global_batch_size")).split(": ", 1)[1]))
+        except ValueError as e:
+            checks.append(Check("global batch", FAILED, str(e).split(": ", 1)[1]))
     if located is None:
         checks.append(Check("memory estimate", SKIPPED, "needs the model's configs (see the model check)"))
     elif is_auto(cfg.deepspeed):
         checks.append(Check("memory estimate", SKIPPED, "the ranks choose the ZeRO setup (see the deepspeed check)"))
+    elif is_auto_batch(cfg.per_device_train_batch_size):
+        checks.append(Check("memory estimate", SKIPPED, "the ranks choose the micro batch (see the micro batch check)"))
     elif ds_check is None or ds_check.status not in (FAILED, SKIPPED):
         try:
             line = estimate_memory_line(located, procs, report.lengths if report else [], spec.gpus_per_node,
