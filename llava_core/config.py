@@ -141,8 +141,9 @@ class TrainConfig(Settings):
     """Passes over the data (ignored when max_steps > 0)."""
     max_steps: int = -1
     """Optimizer steps to train; -1: from num_train_epochs."""
-    per_device_train_batch_size: int = 16
-    """Samples per process and micro step."""
+    per_device_train_batch_size: int | str = 16
+    """Samples per process and micro step; auto: the largest that fits the GPU at the same samples per
+    process and optimizer step (chosen by jobs.submit or the job's ranks, llava_core.train.micro_batch)."""
     per_device_eval_batch_size: int = 4
     """Samples per process in evaluation passes."""
     gradient_accumulation_steps: int = 1
@@ -222,18 +223,17 @@ class TrainConfig(Settings):
             raise ValueError(f"--quant_type {self.quant_type!r}: use nf4 or fp4")
         if self.mm_vision_select_feature not in ("patch", "cls_patch"):
             raise ValueError("--mm_vision_select_feature: use patch or cls_patch")
+        if isinstance(self.per_device_train_batch_size, str):
+            word = self.per_device_train_batch_size.strip().lower()
+            if word != "auto" and not word.isdigit():
+                raise ValueError(f"--per_device_train_batch_size {self.per_device_train_batch_size!r}: use a number or auto")
+            self.per_device_train_batch_size = "auto" if word == "auto" else int(word)
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "model_max_length"):
+            if getattr(self, name) == "auto":
+                continue
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if isinstance(self.gradient_checkpointing, str):
-            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "auto": "auto"}
-            if self.gradient_checkpointing.lower() not in words:
-                raise ValueError(f"--gradient_checkpointing {self.gradient_checkpointing!r}: use True, False or auto")
-            self.gradient_checkpointing = words[self.gradient_checkpointing.lower()]
-
-    @property
-    def prompt_format(self) -> str:
         if self.data_format not in DATA_FORMATS:
             raise ValueError(f"--data_format {self.data_format!r}: use one of {', '.join(DATA_FORMATS)}")
         if self.peft is not None and self.peft not in PEFT_METHODS:
@@ -244,11 +244,11 @@ class TrainConfig(Settings):
             raise ValueError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
         if self.peft and self.bits != 16:
             raise ValueError(f"--peft {self.peft} with --bits {self.bits}: quantized training is QLoRA (--lora_enable True)")
-        """The normalised prompt format name."""
-        return PROMPT_VERSIONS[self.version]
-
-
-
+        if isinstance(self.gradient_checkpointing, str):
+            words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "auto": "auto"}
+            if self.gradient_checkpointing.lower() not in words:
+                raise ValueError(f"--gradient_checkpointing {self.gradient_checkpointing!r}: use True, False or auto")
+            self.gradient_checkpointing = words[self.gradient_checkpointing.lower()]
         if self.peft == "prefix_tuning" and self.gradient_checkpointing is True:
             raise ValueError("--peft prefix_tuning does not work with gradient checkpointing (peft refuses it): "
                              "pass --gradient_checkpointing False (or auto, which checkpoints nothing under prefix tuning)")
@@ -257,6 +257,14 @@ class TrainConfig(Settings):
     def packed(self) -> bool:
         """Whether batches are packed: --packing, unless --peft (its virtual tokens go per padded row)."""
         return bool(self.packing) and not self.peft
+
+    @property
+    def prompt_format(self) -> str:
+        """The normalised prompt format name."""
+        return PROMPT_VERSIONS[self.version]
+
+
+
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 

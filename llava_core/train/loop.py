@@ -77,6 +77,9 @@ def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], boo
         raise ValueError("--output_dir is required")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(cfg.per_device_train_batch_size, str):
+        raise ValueError("--per_device_train_batch_size auto is chosen before training (llava_core.train.micro_batch; "
+                         "jobs.submit and a job's ranks do it): give a number")
     if isinstance(cfg.deepspeed, str) and not Path(cfg.deepspeed).is_file():
         raise FileNotFoundError(f"--deepspeed {cfg.deepspeed}: not a file (named configs are resolved by jobs.submit)")
     if cfg.deepspeed:

@@ -118,7 +118,9 @@ def _peak_gib(shape: JobShape, setup: ZeroSetup) -> float:
     return estimate.total_gib - weights + min(weights, 2 * ZERO3_MAX_LIVE_PARAMETERS / GIB)
 
 
-def _weigh(shape: JobShape, setup: ZeroSetup, budget_gib: float | None, auto_checkpointing: bool) -> ZeroOption:
+def weigh(shape: JobShape, setup: ZeroSetup, budget_gib: float | None, auto_checkpointing: bool) -> ZeroOption:
+    """`shape` under `setup` against `budget_gib` (None: no limit): its predicted peak, with the fewest
+    layers checkpointed that make it fit when `auto_checkpointing`, else `shape.checkpointed_layers`."""
     shape = _with_setup(shape, setup)
     host = estimate_host_memory(shape)
     if setup.offload_params and host is not None:  # and each rank's part of the bf16 weights
@@ -163,7 +165,7 @@ def choose_zero(shape: JobShape, budget_gib: float | None, auto_checkpointing: b
         elif setup in unavailable:
             options.append(ZeroOption(setup, skipped=unavailable[setup]))
         else:
-            options.append(_weigh(shape, setup, budget_gib, auto_checkpointing))
+            options.append(weigh(shape, setup, budget_gib, auto_checkpointing))
     weighed = [o for o in options if not o.skipped]
     if not weighed:
         raise ValueError("no ZeRO setup can run here: " + "; ".join(str(o) for o in options))
