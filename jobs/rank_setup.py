@@ -7,6 +7,7 @@ import os
 import platform as pyplatform
 import socket
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -56,11 +57,13 @@ def apply_platform(cfg: TrainConfig, platform_name: str | None) -> tuple[TrainCo
     return dataclasses.replace(cfg, **adjusted), [str(c) for c in changes], profile.name
 
 
-def prepare_rank(cfg: TrainConfig, platform_name: str | None) -> TrainConfig:
+def prepare_rank(cfg: TrainConfig, platform_name: str | None, lengths: Sequence[int] = ()) -> TrainConfig:
     """The settings this rank trains with: the platform's adjustments and the models located
-    offline (the cache or a local path, no hub retries), ``--deepspeed auto`` chosen for this rank's
-    GPU when the submit left it to the ranks; rank 0 prints the changes and writes
+    offline (the cache or a local path, no hub retries), ``--per_device_train_batch_size auto``
+    (from the samples' ``lengths``) and ``--deepspeed auto`` chosen for this rank's GPU when the
+    submit left them to the ranks; rank 0 prints the changes and writes
     ``env.json`` (host, world size, platform, git revision, versions)."""
+    from jobs.micro_batch import resolve_on_rank as resolve_micro_batch
     from jobs.quiet import quiet
     from jobs.zero_choice import resolve_on_rank
     from llava_core.model.hub import locate_models
@@ -68,6 +71,7 @@ def prepare_rank(cfg: TrainConfig, platform_name: str | None) -> TrainConfig:
     quiet()
     cfg, changes, name = apply_platform(cfg, platform_name)
     cfg = dataclasses.replace(cfg, **locate_models(vars(cfg)))
+    cfg = resolve_micro_batch(cfg, name, lengths)  # first: the ZeRO choice below reads the micro batch
     cfg = resolve_on_rank(cfg, name)  # --deepspeed auto left to the ranks (no GPU known at submit)
     if int(os.environ.get("RANK", "0")) == 0:
         for change in changes:

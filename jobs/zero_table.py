@@ -14,9 +14,12 @@ from collections.abc import Sequence
 
 from jobs.checks import check_models
 from jobs.kinds import get_kind
+from jobs.micro_batch import at_micro_batch, is_auto_batch
+from jobs.micro_batch import choose_for_shape as choose_batch_for_shape
 from jobs.options import preset_kind, resolve
 from jobs.zero_choice import PREVIEW_GIB, choose_for_shape, config_name, model_shape, unavailable_setups
 from llava_core.config import TrainConfig
+from llava_core.train.micro_batch import shape_at
 from llava_core.train.zero_choice import trainable_and_frozen
 
 TABLE_PRESETS = ("llava15-7b-pretrain", "llava15-7b-finetune", "llava15-7b-lora", "llava15-13b-pretrain",
@@ -34,12 +37,18 @@ def preset_config(name: str) -> TrainConfig:
     return located
 
 
+def preset_global_batch(name: str) -> int | None:
+    """A preset's ``global_batch_size`` (None when it names none)."""
+    return resolve(name, None, {}, get_kind(preset_kind(name)).option_names()).job.get("global_batch_size")
+
+
 def choice_table(presets: Sequence[str] = TABLE_PRESETS, gpus: Sequence[int] = (1, 8),
                  sizes: Sequence[float] = PREVIEW_GIB, platform: str | None = None,
                  sample_tokens: tuple[int, int] | None = None) -> str:
     """A Markdown table of ``--deepspeed auto``'s choice per preset and GPU count x memory: the
-    config, the predicted peak per GPU and the layers ``gradient_checkpointing: auto`` checkpoints.
-    Micro batches hold ``per_device_train_batch_size`` samples of ``sample_tokens`` tokens each
+    config, the predicted peak per GPU, the layers ``gradient_checkpointing: auto`` checkpoints and,
+    for ``--per_device_train_batch_size auto``, the micro batch x accumulation it takes at the
+    preset's global batch. Micro batches hold samples of ``sample_tokens`` tokens each
     (stage 1, stage 2: pretrain presets take the first), or of ``model_max_length`` when None (the
     bound used when no data report is at hand)."""
     columns = [(n, gib) for n in gpus for gib in sizes]
@@ -49,14 +58,22 @@ def choice_table(presets: Sequence[str] = TABLE_PRESETS, gpus: Sequence[int] = (
     for name in presets:
         cfg = preset_config(name)
         tokens = sample_tokens and sample_tokens[0 if cfg.tune_mm_mlp_adapter else 1]
-        shape = model_shape(cfg, 1, [min(tokens, cfg.model_max_length)] if tokens else ())
+        lengths = [min(tokens, cfg.model_max_length)] if tokens else [cfg.model_max_length]
+        auto_batch = is_auto_batch(cfg.per_device_train_batch_size)
+        shape = model_shape(at_micro_batch(cfg, 1, 1) if auto_batch else cfg, 1, lengths)
         cells = []
         for n, gib in columns:
-            choice = choose_for_shape(dataclasses.replace(shape, world_size=n), cfg, gib, unavailable)
+            ranks, batch = dataclasses.replace(shape, world_size=n), ""
+            if auto_batch:
+                samples = (preset_global_batch(name) or cfg.gradient_accumulation_steps * n) // n
+                picked = choose_batch_for_shape(ranks, cfg, gib, lengths, platform, samples)
+                ranks = shape_at(ranks, lengths, picked.micro_batch, picked.accumulation, cfg.packing)
+                batch = f", {picked.micro_batch} x {picked.accumulation}"
+            choice = choose_for_shape(ranks, cfg, gib, unavailable)
             option = next(o for o in choice.options if o.setup == choice.setup)
             layers = f", {option.checkpointed_layers} ckpt" if option.checkpointed_layers else ""
             host = f", host {option.host_gib:.0f} GiB" if option.host_gib is not None else ""
-            cell = f"{config_name(choice.setup) or 'none'} ({option.peak_gib:.0f} GiB{layers}{host})"
+            cell = f"{config_name(choice.setup) or 'none'} ({option.peak_gib:.0f} GiB{batch}{layers}{host})"
             cells.append(cell if choice.fits else f"{cell}: does not fit")
         trainable, frozen = trainable_and_frozen(shape)
         lines.append(f"| {name} | {trainable / 1e9:.2f}B / {frozen / 1e9:.2f}B | " + " | ".join(cells) + " |")

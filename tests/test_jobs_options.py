@@ -69,9 +69,11 @@ def test_every_shipped_preset_loads_and_validates(name):
 
 def test_llava15_presets_reproduce_the_published_recipe():
     pre, ft, lora = (train_config(resolve(f"llava15-7b-{k}", None, {}).values) for k in ("pretrain", "finetune", "lora"))
-    assert (pre.learning_rate, pre.per_device_train_batch_size, pre.deepspeed, pre.version) == (1e-3, 32, "auto", "plain")
+    # the micro batch is auto (jobs.micro_batch): the published global batch is what stays
+    assert (pre.learning_rate, pre.per_device_train_batch_size, pre.deepspeed, pre.version) == (1e-3, "auto", "auto", "plain")
     assert pre.tune_mm_mlp_adapter and not ft.tune_mm_mlp_adapter
-    assert (ft.learning_rate, ft.per_device_train_batch_size, ft.image_aspect_ratio) == (2e-5, 16, "pad")
+    assert (ft.learning_rate, ft.per_device_train_batch_size, ft.image_aspect_ratio) == (2e-5, "auto", "pad")
+    assert load_preset("llava15-7b-pretrain")["global_batch_size"] == 256
     assert ft.packing and ft.gradient_checkpointing == "auto"  # the fast path by default
     assert (lora.lora_r, lora.lora_alpha, lora.learning_rate, lora.mm_projector_lr) == (128, 256, 2e-4, 2e-5)
     assert load_preset("llava15-7b-finetune")["global_batch_size"] == 128

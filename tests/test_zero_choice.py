@@ -64,11 +64,17 @@ def hub_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shapes(hub_cache) -> dict[str, JobShape]:
-    """The memory shape of each table preset on one GPU (skeletons built once)."""
+    """The memory shape of each table preset on one GPU at LLaVA's published micro batch (32 stage 1,
+    16 otherwise; the presets' own is auto, jobs.micro_batch), skeletons built once."""
+    from jobs.micro_batch import at_micro_batch, is_auto_batch
     from jobs.zero_choice import model_shape
     from jobs.zero_table import TABLE_PRESETS, preset_config
 
-    return {name: model_shape(preset_config(name), 1, [SAMPLE_TOKENS[name.endswith("pretrain")]]) for name in TABLE_PRESETS}
+    def published(name):
+        cfg = preset_config(name)
+        return at_micro_batch(cfg, 32 if name.endswith("pretrain") else 16, 1) if is_auto_batch(cfg.per_device_train_batch_size) else cfg
+
+    return {name: model_shape(published(name), 1, [SAMPLE_TOKENS[name.endswith("pretrain")]]) for name in TABLE_PRESETS}
 
 
 def _choose(shapes, preset: str, gpus: int, gib: float) -> str:

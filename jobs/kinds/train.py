@@ -28,14 +28,15 @@ class SupervisedTask:
         from llava_core.train.supervised import train
 
         should_stop = step_poll(resume_step(self.cfg.output_dir))  # a heartbeat per step (cluster.progress)
-        return train(prepare_rank(self.cfg, self.platform), should_stop=should_stop, report=self.report)
+        lengths = self.report.lengths if self.report else ()
+        return train(prepare_rank(self.cfg, self.platform, lengths), should_stop=should_stop, report=self.report)
 
 
 def resume_step(output_dir: str) -> int:
     """The step a training run in ``output_dir`` resumes at: its newest complete checkpoint's, or 0."""
     from llava_core.train.checkpoints import last_complete_checkpoint
 
-    checkpoint = last_complete_checkpoint(output_dir, quiet=True)
+    checkpoint = last_complete_checkpoint(output_dir, quiet=True, contents=False)
     return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
 
