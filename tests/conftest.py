@@ -31,3 +31,12 @@ def tiny_values(tiny_assets) -> dict[str, object]:
 def workdir(tmp_path: Path) -> Path:
     """A clean folder to run a job in."""
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> str:
+    """A tiny Llama causal LM (no vision part) with its tokenizer trained here, untrained weights
+    (``llava_core.demo.assets.build_tiny_llm``): the text-only runs' model."""
+    from llava_core.demo.assets import build_tiny_llm
+
+    return str(build_tiny_llm(tmp_path_factory.getbasetemp() / "tiny_causal_lm", pretrain_steps=0))

@@ -28,6 +28,10 @@ from llava_core.model.build import (
 from llava_core.model.parts import is_text_only
 
 
+PROMPT_ENCODER_STATE = "prompt_encoder_state.pt"
+"""A P-tuning checkpoint's prompt encoder weights (peft's adapter file holds only its output)."""
+
+
 class LlavaTrainer(Trainer):
     """The HF Trainer with LLaVA's per-part learning rates and modality-grouped sampling."""
 
@@ -45,7 +49,12 @@ class LlavaTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model or self.model
         if self.is_deepspeed_enabled or hasattr(model, "peft_config"):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            encoder = Path(resume_from_checkpoint) / PROMPT_ENCODER_STATE
+            if encoder.is_file():  # P-tuning: the adapter file holds the encoder's output, not the encoder
+                with own_checkpoint_loads():
+                    self.accelerator.unwrap_model(model).prompt_encoder.load_state_dict(torch.load(encoder, map_location="cpu"))
+            return None
         # transformers writes LLaVA weights under the original checkpoint key names, and the Trainer's
         # own resume loads them raw with strict=False: nothing matches and training silently restarts
         # from the initial weights. Load through from_pretrained (which maps the names), strictly.
@@ -57,6 +66,12 @@ class LlavaTrainer(Trainer):
         # the writer alone: the other ranks' copies raced rank 0's writes and fsync walk of the folder
         if self.processing_class is not None and self.args.should_save:  # readable by both library stacks
             save_portable(self.processing_class, output_dir or self.args.output_dir)
+        peft_model = self.accelerator.unwrap_model(self.model)
+        config = getattr(peft_model, "active_peft_config", None)
+        if self.args.should_save and config is not None and config.peft_type.value == "P_TUNING":
+            # peft saves a P-tuning adapter as the prompt encoder's output (what inference needs); a resume
+            # needs the encoder itself to go on training exactly
+            torch.save(peft_model.prompt_encoder.state_dict(), Path(output_dir or self.args.output_dir) / PROMPT_ENCODER_STATE)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         with own_checkpoint_loads():  # the run's own files, on the dcu stack's torch < 2.6 too
