@@ -36,7 +36,7 @@ def resume_step(output_dir: str) -> int:
     """The step a training run in ``output_dir`` resumes at: its newest complete checkpoint's, or 0."""
     from llava_core.train.checkpoints import last_complete_checkpoint
 
-    checkpoint = last_complete_checkpoint(output_dir, quiet=True)
+    checkpoint = last_complete_checkpoint(output_dir, quiet=True, contents=False)
     return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
 
 

@@ -1,4 +1,5 @@
-"""Trainer callbacks of every run: metrics to ``metrics.jsonl``, stop-and-save on request.
+"""Trainer callbacks of every run: metrics to ``metrics.jsonl``, stop-and-save on request, no step
+past ``max_steps`` at a resume.
 """
 from __future__ import annotations
 
@@ -42,4 +43,20 @@ class StopCallback(TrainerCallback):
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+
+class NothingLeftToTrain(Exception):
+    """Raised by :class:`StepLimit` when a resumed run is already at ``max_steps``."""
+
+
+class StepLimit(TrainerCallback):
+    """A run resumed at or past its last step (killed while saving ``final/``) trains no further:
+    the Trainer would run one more step before it looks at ``max_steps``. Raised once the
+    checkpoint is loaded, so the caller saves the outputs from it."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise NothingLeftToTrain(f"resumed at step {state.global_step} of max_steps {state.max_steps}: "
+                                     "nothing left to train")
         return control

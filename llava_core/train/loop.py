@@ -23,8 +23,8 @@ from llava_core.model.freeze import (
     parameter_report,
     plan_name,
 )
-from llava_core.train.callbacks import MetricsCallback, StopCallback
-from llava_core.train.checkpoints import CompletionCallback, last_complete_checkpoint
+from llava_core.train.callbacks import MetricsCallback, NothingLeftToTrain, StepLimit, StopCallback
+from llava_core.train.checkpoints import CompletionCallback, agreed_resume_checkpoint, read_run_id
 from llava_core.train.environment import (
     configure_reporting,
     cpu_distributed_state,
@@ -110,15 +110,21 @@ def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], boo
         print(f"fast path: {fast}", flush=True)
 
     stop = StopCallback(should_stop) if should_stop else None
+    callbacks = [MetricsCallback(out / "metrics.jsonl"), CompletionCallback(read_run_id(out)), StepLimit()]
     trainer = recipe.trainer_class(
         model=model, args=args, train_dataset=dataset, data_collator=recipe.collator(cfg, processor),
-        processing_class=processor, callbacks=[MetricsCallback(out / "metrics.jsonl"), CompletionCallback()] + ([stop] if stop else []),
+        processing_class=processor, callbacks=callbacks + ([stop] if stop else []),
         llava_cfg=cfg, lengths=dataset.modality_lengths, **recipe.trainer_kwargs(cfg),
     )
-    resume = last_complete_checkpoint(out)
+    resume = agreed_resume_checkpoint(out)  # contents verified against the checkpoint's checksums
     if resume and is_main():
         print(f"resuming from {resume}", flush=True)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        metrics = trainer.train(resume_from_checkpoint=str(resume) if resume else None).metrics
+    except NothingLeftToTrain as e:  # killed while saving final/: the outputs come from the last checkpoint
+        if is_main():
+            print(f"{e}: saving the outputs from {resume}", flush=True)
+        metrics = {}
     step = trainer.state.global_step
     if stop and stop.stopped:
         return TrainResult("interrupted", step, str(out))
@@ -130,4 +136,4 @@ def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], boo
         if skipped:
             print(f"{skipped} samples failed to load and were skipped (--on_bad_sample skip): "
                   f"{out / 'skipped_at_load.jsonl'} names them", flush=True)
-    return TrainResult("completed", step, str(out), str(final), {**result.metrics, "skipped_at_load": skipped})
+    return TrainResult("completed", step, str(out), str(final), {**metrics, "skipped_at_load": skipped})

@@ -36,6 +36,8 @@ class LlavaTrainer(Trainer):
     """The HF Trainer with LLaVA's per-part learning rates and modality-grouped sampling."""
 
     def __init__(self, *args, llava_cfg: TrainConfig, lengths: list[int], **kwargs):
+        self.configured_lrs: list[float] | None = None
+        """The scheduler's base learning rates as this run's settings make them (:meth:`create_scheduler`)."""
         super().__init__(*args, **kwargs)
         self.llava_cfg = llava_cfg
         self.lengths = lengths
@@ -73,9 +75,40 @@ class LlavaTrainer(Trainer):
             # needs the encoder itself to go on training exactly
             torch.save(peft_model.prompt_encoder.state_dict(), Path(output_dir or self.args.output_dir) / PROMPT_ENCODER_STATE)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.configured_lrs is None:  # before a resume loads the checkpoint's learning rates over them
+            self.configured_lrs = list(getattr(scheduler, "base_lrs", None) or [])
+        return scheduler
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         with own_checkpoint_loads():  # the run's own files, on the dcu stack's torch < 2.6 too
-            return super()._load_optimizer_and_scheduler(checkpoint)
+            super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self.apply_configured_lrs()
+
+    def apply_configured_lrs(self) -> None:
+        """After a resume: the learning rates of this run's settings at the checkpoint's step. The
+        saved scheduler holds the old base rates (a changed --learning_rate or --mm_projector_lr
+        would be ignored) and the optimizer the old schedule's current rate (a changed --max_steps
+        would apply one step late); the position in the schedule is the checkpoint's, its shape
+        the settings' (a new --max_steps stretches it from here). Unchanged settings give the
+        restored rates back bit for bit."""
+        from torch.optim.lr_scheduler import LambdaLR
+
+        scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # accelerate's wrapper
+        if not isinstance(scheduler, LambdaLR):
+            return
+        configured = self.configured_lrs
+        if configured and list(scheduler.base_lrs) != configured:
+            if self.is_world_process_zero():
+                print(f"resume: learning rates {scheduler.base_lrs} -> {configured} (this run's settings)", flush=True)
+            scheduler.base_lrs = list(configured)
+        groups = scheduler.optimizer.param_groups
+        for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
