@@ -31,6 +31,8 @@ JOB_OPTIONS = {
     "follow": "wait for the job and stream rank 0's log (default for the local executor)",
     "runs": "folder that holds job directories (default: runs)",
     "demo_assets": "generate the tiny model and shapes data and use them (the tiny preset sets it)",
+    "accept_changes": "resume although the settings differ from the run's config.yaml: the flags to accept "
+                      "(learning_rate,max_steps), 'run' for another run's checkpoint, or 'all' (recorded in changes.jsonl)",
     "gpu_gib": "GPU memory per rank in GiB for the submit-time memory estimate and --deepspeed auto's choice "
                "where this machine has no GPU (else the ranks read their own and choose at start)",
 }

@@ -12,6 +12,7 @@ from jobs.checks import FAILED, PASSED, Check, training_checks
 from jobs.kinds.base import Checked, Submission
 from jobs.kinds.train import TrainingKind, resume_step
 from jobs.options import train_config
+from jobs.provenance import check_resume
 from jobs.rank_setup import prepare_rank
 from llava_core.config import DPOConfig
 
@@ -43,7 +44,7 @@ class DPOKind(TrainingKind):
 
     def check(self, settings: DPOConfig, sub: Submission) -> Checked:
         checks, resolved, _ = training_checks(settings, sub.job_dir, sub.spec, sub.job, data_check=check_pairs)
-        return Checked(checks, resolved)
+        return Checked([*checks, check_resume(sub.job_dir, resolved, sub.spec, sub.job)], resolved)
 
     def task(self, checked: Checked, sub: Submission) -> DPOTask:
         return DPOTask(checked.settings, sub.spec.platform)

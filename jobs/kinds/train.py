@@ -11,6 +11,7 @@ from cluster.progress import step_poll
 from jobs.checks import training_checks
 from jobs.kinds.base import Checked, JobKind, Submission
 from jobs.options import HF_FIELDS, TRAIN_FIELDS, train_config
+from jobs.provenance import check_resume
 from jobs.rank_setup import prepare_rank
 from llava_core.config import TrainConfig
 from llava_core.data.validation import ValidationReport
@@ -64,6 +65,7 @@ class TrainingKind(JobKind):
 
     def check(self, settings: TrainConfig, sub: Submission) -> Checked:
         checks, resolved, report = training_checks(settings, sub.job_dir, sub.spec, sub.job)
+        checks.append(check_resume(sub.job_dir, resolved, sub.spec, sub.job))
         lengths_checked = report is not None and len(report.lengths) == len(report.good)
         return Checked(checks, resolved, report if lengths_checked else None)
 
