@@ -6,8 +6,10 @@ image file is decoded once even when many records share it. A progress bar shows
 the ETA. The result (good samples, their lengths, the problems) is cached in a JSON file named by
 a hash of everything it depends on: the data files' size, mtime and content hash, the tokenizer,
 prompt format, ``model_max_length``, image-token count, image folder, check level and this
-module's version; a cached result is used only while every image it looked at keeps its size and
-mtime. An unchanged dataset so re-validates in the time of hashing its files.
+module's version; a cached result is used only while every image it looked at keeps its size,
+mtime and inode change time (ctime: any rewrite moves it, even one that puts the size and mtime
+back). An unchanged dataset so re-validates in the time of hashing its files. A cache folder that
+cannot be used (not writable, not a folder) is warned about and the data validated without it.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from llava_core.data.formats import open_records
 from llava_core.io import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
-VERSION = 1  # of the checks: a change of what they find invalidates every cached result
+VERSION = 2  # of the checks and the cache's layout: a change invalidates every cached result (2: image ctime)
 CHUNK = 256  # records per task
 SMALL = 4 << 20  # bytes of data below which one process is faster than starting workers
 
@@ -76,12 +78,12 @@ def cache_inputs(data_path: str, encoder: Encoder | None, image_folder: str | No
 
 
 def _images_unchanged(folder: str | None, images: list[list]) -> int:
-    """How many of the cached (name, size, mtime_ns) image files differ now."""
+    """How many of the cached (name, size, mtime_ns, ctime_ns) image files differ now."""
     changed = 0
-    for name, size, mtime in images:
+    for name, size, mtime, ctime in images:
         try:
             st = os.stat(os.path.join(folder, name))
-            changed += (st.st_size, st.st_mtime_ns) != (size, mtime)
+            changed += (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (size, mtime, ctime)
         except OSError:
             changed += size != -1
     return changed
@@ -113,7 +115,7 @@ class _Results:
         self.lengths = array("i")
         self.ok = bytearray()
         self.problems: dict[int, Problem] = {}
-        self.images: list[tuple[str, int, int]] = []
+        self.images: list[tuple[str, int, int, int]] = []
         self.done = 0
 
     def add(self, out: list, checked: list) -> None:
@@ -166,11 +168,16 @@ def preflight(data_path: str, encoder: Encoder | None, image_folder: str | None,
         inputs = cache_inputs(data_path, encoder, image_folder, check_images, fmt, allow_outside, data_format)
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
         path = Path(folder) / f"{key}.json"
-        if path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as e:  # e.g. a folder on the way that this user may not enter
+            log.warning("pre-flight cache %s unusable (%s): validating without the cache", folder, e)
+            found, path = False, None
+        if found:
             try:
                 cached = load_json(path, dict)
                 changed = _images_unchanged(image_folder, cached["images"])
-            except (ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("pre-flight cache %s unreadable (%s): validating again", path, e)
             else:
                 if not changed:
@@ -185,8 +192,12 @@ def preflight(data_path: str, encoder: Encoder | None, image_folder: str | None,
     report = results.report(total, encoder is not None)
     if path is not None:
         state = {"inputs": inputs, "report": report.state(), "images": results.images}
-        atomic_write_text(path, json.dumps(state, separators=(",", ":")))
-        report.cache = str(path)
+        try:
+            atomic_write_text(path, json.dumps(state, separators=(",", ":")))
+            report.cache = str(path)
+        except OSError as e:  # not writable, not a folder, full: the result stands, uncached
+            log.warning("pre-flight cache %s unusable (%s): validated without the cache "
+                        "(set LLAVA_CLUSTER_CACHE to a writable folder to cache it)", folder, e)
     return report
 
 

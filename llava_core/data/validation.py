@@ -147,7 +147,8 @@ def check_record(rec: Record, encoder: Encoder | None, fmt: str, has_images: boo
 class Checker:
     """The checks of :func:`check_record` and :func:`check_image`, one record at a time, each
     image file checked once; ``checked`` lists the image files looked at as (name, size,
-    mtime_ns), size -1 for a missing one (what a cached result depends on)."""
+    mtime_ns, ctime_ns), size -1 for a missing one (what a cached result depends on: the inode
+    change time moves on any rewrite, even one that restores the size and mtime)."""
 
     def __init__(self, encoder: Encoder | None, image_folder: str | None, check_images: str = "decode",
                  fmt: str = "vicuna_v1", allow_outside: bool = False):
@@ -155,7 +156,7 @@ class Checker:
         self.folder = Path(image_folder) if image_folder else None
         self.how = check_level(check_images)
         self.seen: dict[str, str | None] = {}
-        self.checked: list[tuple[str, int, int]] = []
+        self.checked: list[tuple[str, int, int, int]] = []
 
     def image(self, name: str) -> str | None:
         """What is wrong with image ``name`` (None: nothing), checked on first use."""
@@ -164,9 +165,9 @@ class Checker:
             self.seen[name] = check_image(path, self.how)
             try:
                 st = path.stat()
-                self.checked.append((name, st.st_size, st.st_mtime_ns))
+                self.checked.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
             except OSError:
-                self.checked.append((name, -1, 0))
+                self.checked.append((name, -1, 0, 0))
         return self.seen[name]
 
     def __call__(self, rec: Record) -> int | Problem:
