@@ -1,4 +1,5 @@
-"""Checks made before anything is submitted, each passed, failed or skipped with its reason."""
+"""The checks of a training job made before anything is submitted (models, data, batch, memory,
+ZeRO, training arguments), each a :class:`jobs.check.Check`: passed, failed or skipped with its reason."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,24 +8,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.launch import LaunchSpec
+from jobs.check import FAILED, PASSED, SKIPPED, Check
 from llava_core.config import TrainConfig
 from llava_core.data.validation import ValidationReport
 
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@dataclasses.dataclass
-class Check:
-    """The outcome of one check: ``name: [status] detail`` (detail lines after the first indented)."""
-
-    name: str
-    status: str
-    detail: str
-
-    def __str__(self) -> str:
-        first, *rest = self.detail.splitlines() or [""]
-        return "\n".join([f"{self.name}: [{self.status}] {first}".rstrip(), *(f"  {r.lstrip()}" for r in rest)])
 
 
 def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -> str:

@@ -29,7 +29,7 @@ from cluster.launch import (
     resolve_executor,
     submit,
 )
-from jobs.checks import FAILED, PASSED, Check
+from jobs.check import Check, FAILED, PASSED
 from jobs.cli import CommandFailed, UsageError, run
 from jobs.kinds import get_kind
 from jobs.kinds.base import Submission

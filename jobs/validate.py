@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from jobs.checks import FAILED, check_data, check_models
+from jobs.check import FAILED
+from jobs.checks import check_data, check_models
 from jobs.cli import CommandFailed, UsageError, run
 from jobs.options import resolve, train_config
 from llava_core.io import atomic_write_json

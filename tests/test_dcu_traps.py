@@ -46,7 +46,8 @@ def test_a_card_with_bf16_keeps_it(monkeypatch) -> None:
 
 
 def test_submit_checks_refuse_it_when_the_job_names_a_gpu_platform(monkeypatch) -> None:
-    from jobs.checks import FAILED, PASSED, check_deepspeed
+    from jobs.check import FAILED, PASSED
+    from jobs.checks import check_deepspeed
     from llava_core.config import TrainConfig
 
     monkeypatch.setattr("cluster.deepspeed._installed_deepspeed", lambda: "0.14.2")

@@ -4,7 +4,7 @@
 import pytest
 
 from jobs.chat import main as chat
-from jobs.checks import FAILED
+from jobs.check import FAILED
 from jobs.kinds.dpo import DPO
 from jobs.kinds.eval import EVAL, eval_checks
 from jobs.options import load_preset, resolve

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jobs.checks import FAILED, PASSED, check_data
+from jobs.check import FAILED, PASSED
+from jobs.checks import check_data
 from llava_core.config import TrainConfig
 from llava_core.data.dataset import LazySupervisedDataset, SampleLoadError
 from llava_core.data.encoding import Encoder

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.launch import LaunchSpec
-from jobs.checks import Check
+from jobs.check import Check
 
 
 @dataclass

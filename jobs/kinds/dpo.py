@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.progress import step_poll
-from jobs.checks import FAILED, PASSED, Check, training_checks
+from jobs.check import Check, FAILED, PASSED
+from jobs.checks import training_checks
 from jobs.kinds.base import Checked, Submission
 from jobs.kinds.train import TrainingKind, resume_step
 from jobs.options import train_config

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.checks import FAILED, PASSED, Check
+from jobs.check import Check, FAILED, PASSED
 from jobs.kinds.base import Checked, JobKind, Submission
 from llava_core.eval.config import EvalConfig
 from llava_core.run_config import trained_version

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.checks import FAILED, PASSED, Check
+from jobs.check import Check, FAILED, PASSED
 from jobs.kinds.base import Checked, JobKind, Submission
 from llava_core.config import Settings
 
