@@ -106,6 +106,11 @@ class LaunchSpec:
     """Apptainer image (``.sif``): every task runs ``apptainer exec --nv|--rocm IMAGE python``."""
     max_requeues: int = 3
     """How many times a stopped (time limit, preemption) job is requeued before it fails."""
+    gpu_gib: float | None = None
+    """GPU memory per rank in GiB, for a submit that cannot see the ranks' GPU (a login node): the memory
+    estimate, ``--deepspeed auto`` and ``--per_device_train_batch_size auto`` are then chosen at submit
+    for it. A cluster profile states its cards' (scnet: 64). Unset: the local GPU for the local and
+    docker executors, else the ranks choose at start from their own."""
     stall_timeout: float | None = None
     """Seconds a rank may finish no training step (or, before its first, load) before the job fails
     as stalled, naming the silent rank (cluster.progress); default: the platform's, 1800 on GPUs
@@ -121,6 +126,9 @@ class LaunchSpec:
                 raise ValueError(f"--{_flag(name)} must be a positive integer, got {value!r}")
         if not isinstance(self.max_requeues, int) or self.max_requeues < 0:
             raise ValueError(f"--max-requeues must be an integer >= 0, got {self.max_requeues!r}")
+        if self.gpu_gib is not None and (isinstance(self.gpu_gib, bool) or not isinstance(self.gpu_gib, (int, float))
+                                         or self.gpu_gib <= 0):
+            raise ValueError(f"--gpu-gib must be a positive number of GiB, got {self.gpu_gib!r}")
         if self.stall_timeout is not None and (isinstance(self.stall_timeout, bool) or not isinstance(
                 self.stall_timeout, (int, float)) or self.stall_timeout < 0):
             raise ValueError(f"--stall-timeout must be a number of seconds >= 0 (0: no watch), "

@@ -266,14 +266,15 @@ def check_data(cfg: TrainConfig, located: TrainConfig | None, why_no_model: str,
     return [Check("data", status, f"{what}: {first}" + (f"\n{rest}" if rest else "")), *checks], report
 
 
-def _ranks_gpu_gib(spec: LaunchSpec, job: dict[str, Any]) -> float | None:
-    """The ranks' GPU memory where the submitter knows it: ``--gpu_gib``, else this machine's GPU when
-    the ranks start on this machine (local, docker), else None (the ranks read their own)."""
+def _ranks_gpu_gib(spec: LaunchSpec) -> float | None:
+    """The ranks' GPU memory where the submitter knows it: ``--gpu_gib`` (or the cluster profile's),
+    else this machine's GPU when the ranks start on this machine (local, docker), else None (the
+    ranks read their own)."""
     from cluster.launch import resolve_executor
     from llava_core.train.memory import local_gpu_gib
 
-    if job.get("gpu_gib"):
-        return float(job["gpu_gib"])
+    if spec.gpu_gib:
+        return float(spec.gpu_gib)
     try:
         here = resolve_executor(spec.executor) in ("local", "docker")
     except ValueError:  # no Slurm controller answers: the launch check says so
@@ -314,7 +315,7 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
         checks += data_checks
     batch_check = None
     if is_auto_batch(cfg.per_device_train_batch_size):  # after the data check too: it reads the samples' lengths
-        batch_check, cfg, located = check_micro_batch(cfg, located, procs, _ranks_gpu_gib(spec, job),
+        batch_check, cfg, located = check_micro_batch(cfg, located, procs, _ranks_gpu_gib(spec),
                                                       report.lengths if report else (), spec.platform,
                                                       job.get("global_batch_size"))
         checks.insert(ds_at, batch_check)
@@ -324,7 +325,7 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
         if located is not None and is_auto_batch(located.per_device_train_batch_size):
             ds_located = dataclasses.replace(located, per_device_train_batch_size=1)
         ds_check, cfg = check_deepspeed(cfg, spec.platform, located=ds_located, world_size=procs,
-                                        gpu_gib=_ranks_gpu_gib(spec, job), lengths=report.lengths if report else None)
+                                        gpu_gib=_ranks_gpu_gib(spec), lengths=report.lengths if report else None)
         checks.insert(ds_at, ds_check)
         if located is not None:
             located = dataclasses.replace(located, deepspeed=cfg.deepspeed)
@@ -345,7 +346,7 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
     elif ds_check is None or ds_check.status not in (FAILED, SKIPPED):
         try:
             line = estimate_memory_line(located, procs, report.lengths if report else [], spec.gpus_per_node,
-                                        job.get("gpu_gib"))
+                                        spec.gpu_gib)
             checks.append(Check("memory estimate", PASSED, line))
         except (OSError, ValueError) as e:
             checks.append(Check("memory estimate", FAILED, f"the model's configs did not load: {e}"))

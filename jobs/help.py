@@ -15,7 +15,7 @@ SECTION = re.compile(r"#\s*-+\s*(\w+)")
 # TrainConfig's source sections -> the groups --help shows
 GROUPS = {"model": "model", "LoRA": "model", "data": "data", "training": "training"}
 SWITCHES = ("dry_run", "follow", "demo_assets")
-JOB_OPTION_TYPES = {"global_batch_size": "int", "gpu_gib": "float"}
+JOB_OPTION_TYPES = {"global_batch_size": "int"}
 
 
 def field_docs(cls: type) -> dict[str, tuple[str, str]]:

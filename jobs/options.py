@@ -33,8 +33,6 @@ JOB_OPTIONS = {
     "demo_assets": "generate the tiny model and shapes data and use them (the tiny preset sets it)",
     "accept_changes": "resume although the settings differ from the run's config.yaml: the flags to accept "
                       "(learning_rate,max_steps), 'run' for another run's checkpoint, or 'all' (recorded in changes.jsonl)",
-    "gpu_gib": "GPU memory per rank in GiB for the submit-time memory estimate and --deepspeed auto's choice "
-               "where this machine has no GPU (else the ranks read their own and choose at start)",
 }
 
 # LLaVA / older-transformers spellings -> the names TrainConfig uses
