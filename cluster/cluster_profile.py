@@ -1,6 +1,6 @@
 """Named cluster profiles: a site's launch defaults (partition, gres, modules, env) written once.
 
-A profile is a YAML mapping of launch option names (the fields of ``cluster.launch.LaunchSpec``)
+A profile is a YAML mapping of launch option names (the fields of ``cluster.launch_spec.LaunchSpec``)
 plus an optional ``description``. ``--cluster NAME`` looks in
 ``~/.config/llava-cluster/clusters/NAME.yaml``, then in the profiles shipped in
 ``cluster/profiles/``; ``--cluster path/to/file.yaml`` loads that file.

@@ -20,13 +20,16 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cloudpickle
 
-from cluster.launch import JobHandle, LaunchSpec, read_record, write_record
+from cluster.job_record import read_record, write_record
 from cluster.local_executor import STOP_GRACE_ENV, failed_ranks, rank_exits, read_state, stop_grace_s
 from cluster.runtime import CANCEL_FILE, RankContext, RankTask, atomic_write_bytes, atomic_write_text, utc_now
+
+if TYPE_CHECKING:  # only annotations: the executor registry names this module
+    from cluster.launch_spec import LaunchSpec
 
 DEFAULT_IMAGES = {"cuda": "llava-cluster:cuda", "rocm": "llava-cluster:rocm", "dcu": "llava-cluster:dcu",
                   "cpu": "llava-cluster:cuda"}
@@ -129,7 +132,7 @@ class DockerExecutor:
                     "(--nodes 1); use --executor slurm with --container-image for several"]
         return []
 
-    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
+    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> str:
         import docker
 
         if problems := self.spec_problems(spec):
@@ -172,7 +175,7 @@ class DockerExecutor:
             subprocess.Popen([sys.executable, "-m", "cluster.docker_executor", "follow", str(spec.job_dir)],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
-        return JobHandle(job_id=container.short_id, executor="docker", job_dir=spec.job_dir)
+        return container.short_id
 
     def state(self, job_dir: Path, record: dict) -> dict:
         state = read_state(job_dir)

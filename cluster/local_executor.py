@@ -28,15 +28,30 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cloudpickle
 
 from cluster import platform as platforms
-from cluster.launch import JobHandle, LaunchSpec, write_record
-from cluster.runtime import (CANCEL_FILE, REQUEUE_EXIT_CODE, RESERVE_FILE, RESTART_ENV, RankContext,
-                             RankTask, atomic_write_bytes, atomic_write_text, disk_full, load_pickle,
-                             make_reserve, release_reserve, utc_now)
+from cluster.job_record import write_record
+from cluster.runtime import (
+    CANCEL_FILE,
+    REQUEUE_EXIT_CODE,
+    RESERVE_FILE,
+    RESTART_ENV,
+    RankContext,
+    RankTask,
+    atomic_write_bytes,
+    atomic_write_text,
+    disk_full,
+    load_pickle,
+    make_reserve,
+    release_reserve,
+    utc_now,
+)
+
+if TYPE_CHECKING:  # only annotations: the executor registry names this module
+    from cluster.launch_spec import LaunchSpec
 
 STATE_FILE = "state.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -120,7 +135,7 @@ class LocalExecutor:
                             "for a local container use --executor docker")
         return problems
 
-    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
+    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> str:
         if problems := self.spec_problems(spec):
             raise ValueError("; ".join(problems))
         state_dir = spec.job_dir / "local"
@@ -152,7 +167,7 @@ class LocalExecutor:
             "platform": spec.platform, "max_requeues": spec.max_requeues,
             "result_path": str(ctx.result_path), "submitted": utc_now(),
         })
-        return JobHandle(job_id=job_id, executor="local", job_dir=spec.job_dir)
+        return job_id
 
     def state(self, job_dir: Path, record: dict) -> dict:
         state = read_state(job_dir)

@@ -18,18 +18,22 @@ import dataclasses
 import os
 import re
 import shlex
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from submitit.slurm.slurm import _make_sbatch_string
 
-from cluster.launch import JobHandle, LaunchSpec, time_minutes, write_record
+from cluster.job_record import write_record
 from cluster.runtime import RankContext, RankTask, atomic_write_text
+from cluster.slurm_time import time_minutes
+
+if TYPE_CHECKING:  # only annotations: the executor registry names this module
+    from cluster.launch_spec import LaunchSpec
 
 SIGNAL_DELAY_S = 180
 """Seconds between the USR2 warning and the time limit: one step plus a checkpoint must fit."""
@@ -65,6 +69,9 @@ def sbatch_parameters(spec: LaunchSpec, python: str | None = None) -> dict:
     additional = dict(spec.sbatch)
     if spec.max_requeues > 0:
         additional["requeue"] = True
+    if spec.dependency:
+        additional["dependency"] = spec.dependency
+        additional["kill-on-invalid-dep"] = "yes"  # a failed earlier job cancels this one, not leaves it pending
     params = {
         "job_name": spec.name, "nodes": spec.nodes, "ntasks_per_node": spec.gpus_per_node,
         "time": time_minutes(spec.time) if spec.time else None,
@@ -179,14 +186,14 @@ class SlurmExecutor:
 
     name = "slurm"
     honours = frozenset({"partition", "time", "account", "qos", "gres", "cpus_per_task", "mem", "constraint", "exclude",
-                         "slurm_setup", "sbatch", "container_image", "container_mounts", "apptainer"})
+                         "slurm_setup", "sbatch", "dependency", "container_image", "container_mounts", "apptainer"})
 
     @staticmethod
     def spec_problems(spec: LaunchSpec) -> list[str]:
         """Nothing: Slurm runs any spec :class:`LaunchSpec` accepts (several nodes, containers)."""
         return []
 
-    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> JobHandle:
+    def submit(self, fn: Callable[[], object], spec: LaunchSpec) -> str:
         import submitit
 
         if shutil.which("sbatch") is None:
@@ -215,7 +222,7 @@ class SlurmExecutor:
             "result_path": str(result_path),
             "submitted": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         })
-        return JobHandle(job_id=job.job_id, executor="slurm", job_dir=spec.job_dir)
+        return job.job_id
 
     def state(self, job_dir: Path, record: dict) -> dict:
         info = _scontrol_job(record["job_id"]) or _sacct_job(record["job_id"])

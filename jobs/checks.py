@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from cluster.launch import LaunchSpec
+from cluster.launch_spec import LaunchSpec
 from jobs.check import FAILED, PASSED, SKIPPED, Check
 from llava_core.config import TrainConfig
 from llava_core.data.validation import ValidationReport

@@ -1,7 +1,7 @@
 """``--help`` of the commands that take every training flag (``jobs.submit``, ``jobs.validate``),
 generated from the code: the fields of :class:`llava_core.config.TrainConfig` (LLaVA's names, with
 the docstring under each field), the other ``transformers.TrainingArguments`` fields, the launcher's
-:class:`cluster.launch.LaunchSpec`, the job options, and the shipped presets."""
+:class:`cluster.launch_spec.LaunchSpec`, the job options, and the shipped presets."""
 from __future__ import annotations
 
 import argparse
@@ -75,7 +75,7 @@ def _presets() -> str:
 
 
 def _launch_and_job_groups(parser: argparse.ArgumentParser, job_flags: bool, taken: set[str] = frozenset()) -> None:
-    from cluster.launch import LaunchSpec
+    from cluster.launch_spec import LaunchSpec
     from jobs.options import JOB_OPTIONS
 
     if job_flags:

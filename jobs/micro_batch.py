@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs.check import Check, FAILED, PASSED
+from jobs.check import FAILED, PASSED, Check
 from jobs.zero_choice import PREVIEW_GIB, is_auto, model_shape, unavailable_setups
 from jobs.zero_choice import choose_for_shape as choose_zero_for_shape
 from llava_core.config import TrainConfig

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from transformers import TrainingArguments
 
-from cluster.launch import launch_option_names
+from cluster.launch_spec import launch_option_names
 from llava_core.config import TrainConfig, did_you_mean, unknown_key_message
 from llava_core.run_config import read_run_config
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from cluster.launch import LaunchSpec
-from jobs.check import Check, FAILED, PASSED
+from cluster.launch_spec import LaunchSpec
+from jobs.check import FAILED, PASSED, Check
 from llava_core.io import append_jsonl
 from llava_core.run_config import CONFIG_FILE, read_run_config, run_config_record
 from llava_core.train.checkpoints import completion_record, ensure_run_id, last_complete_checkpoint, read_run_id

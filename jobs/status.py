@@ -14,7 +14,8 @@ import glob
 import json
 from pathlib import Path
 
-from cluster.launch import LAUNCH_RECORD, job_state
+from cluster.job_record import LAUNCH_RECORD
+from cluster.launch import job_state
 from jobs.cli import UsageError, run
 
 

@@ -21,15 +21,9 @@ from typing import Any
 
 import yaml
 
-from cluster.launch import (
-    JobFailed,
-    JobHandle,
-    LaunchSpec,
-    check_job_dir_free,
-    resolve_executor,
-    submit,
-)
-from jobs.check import Check, FAILED, PASSED
+from cluster.launch import JobFailed, JobHandle, check_job_dir_free, resolve_executor, submit
+from cluster.launch_spec import LaunchSpec
+from jobs.check import FAILED, PASSED, Check
 from jobs.cli import CommandFailed, UsageError, run
 from jobs.kinds import get_kind
 from jobs.kinds.base import Submission

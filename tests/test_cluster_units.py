@@ -12,7 +12,9 @@ import pytest
 from cluster import platform as platforms
 from cluster.cluster_profile import shipped_profiles
 from cluster.deepspeed import ZERO_CONFIG_NAMES, load_zero_config
-from cluster.launch import EXECUTORS, LaunchSpec, get_executor, time_minutes
+from cluster.launch import get_executor
+from cluster.launch_spec import EXECUTORS, LaunchSpec
+from cluster.slurm_time import time_minutes
 
 FLAGS = {"tf32": True, "bf16": True, "fp16": False, "attn_implementation": "flash_attention_2",
          "learning_rate": 2e-5}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.docker_executor import container_request
-from cluster.launch import LaunchSpec
+from cluster.launch_spec import LaunchSpec
 
 GOLDEN = Path(__file__).parent / "docker" / "golden"
 

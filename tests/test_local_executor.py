@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from cluster.launch import JobFailed, LaunchSpec, cancel, job_state, submit
+from cluster.launch import JobFailed, cancel, job_state, submit
+from cluster.launch_spec import LaunchSpec
 from tests.dist_callables import Abort, AllReduce, CountSteps, Fail, Sleep
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

@@ -11,11 +11,11 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from cluster.launch import LOCK_FILE, JobDirInUse, JobFailed, LaunchSpec, cancel, job_state, submit
+from cluster.launch import LOCK_FILE, JobDirInUse, JobFailed, cancel, job_state, submit
+from cluster.launch_spec import LaunchSpec
 from cluster.local_executor import STOP_GRACE_ENV
 from tests.dist_callables import AllReduce, CountSteps, FillDisk, Listeners, SleepWithChild
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.launch import LaunchSpec, job_state, submit
+from cluster.launch import job_state, submit
+from cluster.launch_spec import LaunchSpec
 from cluster.progress import read_heartbeats
 from jobs.cli import CommandFailed
 from jobs.submit import submit_job

@@ -50,7 +50,8 @@ def test_images_broken_after_validation_are_skipped_and_counted_in_the_summary(t
     import functools
     import shutil
 
-    from cluster.launch import LaunchSpec, submit
+    from cluster.launch import submit
+    from cluster.launch_spec import LaunchSpec
     from jobs.status import describe
     from llava_core.data.records import load_records
     from llava_core.train.supervised import validate_data

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.launch import LaunchSpec
+from cluster.launch_spec import LaunchSpec
 from cluster.slurm_executor import sbatch_script
 
 GOLDEN = Path(__file__).with_name("golden")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cluster.launch import LaunchSpec
+from cluster.launch_spec import LaunchSpec
 from jobs.check import Check
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.progress import step_poll
-from jobs.check import Check, FAILED, PASSED
+from jobs.check import FAILED, PASSED, Check
 from jobs.checks import training_checks
 from jobs.kinds.base import Checked, Submission
 from jobs.kinds.train import TrainingKind, resume_step

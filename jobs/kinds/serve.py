@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.check import Check, FAILED, PASSED
+from jobs.check import FAILED, PASSED, Check
 from jobs.kinds.base import Checked, JobKind, Submission
 from llava_core.config import Settings
 

@@ -11,7 +11,8 @@ import time
 import pytest
 from submitit.slurm.slurm import SlurmJob
 
-from cluster.launch import JobFailed, LaunchSpec, job_state, submit
+from cluster.launch import JobFailed, job_state, submit
+from cluster.launch_spec import LaunchSpec
 from tests.dist_callables import AllReduce, CountSteps, Fail, Sleep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

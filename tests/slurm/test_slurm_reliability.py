@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from cluster.launch import LaunchSpec, job_state, submit
+from cluster.launch import job_state, submit
+from cluster.launch_spec import LaunchSpec
 from tests.dist_callables import CountSteps, Listeners
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -14,7 +14,8 @@ import pytest
 from safetensors.torch import load_file
 from submitit.slurm.slurm import SlurmJob
 
-from cluster.launch import TERMINAL_STATES, job_state, read_record
+from cluster.job_record import read_record
+from cluster.launch import TERMINAL_STATES, job_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.distributed]
 ZERO = "zero3"
@@ -76,8 +77,8 @@ def test_finetune_tiny_across_two_nodes(slurm_cluster, capsys):
 def start_checkpoint(slurm_cluster) -> Path:
     """A saved HF-format tiny LLaVA that both runs start from (the other start path than the
     assembly from parts that the first test takes)."""
-    from llava_core.demo.assets import tiny_asset_values
     from jobs.options import train_config
+    from llava_core.demo.assets import tiny_asset_values
     from llava_core.model.build import build_model
 
     path = slurm_cluster / "start"
