@@ -9,8 +9,8 @@ JSONDecodeError on the tokenizer files; one ZeRO-3 run hung in a save, both rank
 collective: ``--stall_timeout`` now turns that into a failure naming the silent rank); with the
 guard, 2 of 5 still failed: every rank's fsync walk of the folder in CompletionCallback.on_save
 lists rank 0's temporary files, which rank 0 renames before the walk opens them (FileNotFoundError
-``checkpoint-62/.tmpXXXX``), which this test keeps catching until llava_core changes; with a
-barrier before that walk (a scratch copy) 5 of 5 passed. About 3 minutes on 2 idle cores.
+``checkpoint-62/.tmpXXXX``); with the barrier before that walk (CompletionCallback.on_save now)
+5 of 5 passed, 225 s on a loaded machine. About 3 minutes on 2 idle cores.
 """
 from __future__ import annotations
 

@@ -305,9 +305,11 @@ def write_completion_record(ckpt: str | os.PathLike, global_step: int, run_id: s
 
 
 class CompletionCallback(TrainerCallback):
-    """After each checkpoint save: every rank flushes the folder's files to disk, all ranks meet
-    (DeepSpeed's save is collective: each rank writes its own shards), then the ranks checksum the
-    files (each its share) and rank 0 writes the completion record with ``run_id``."""
+    """After each checkpoint save: all ranks meet once every rank's files are written (DeepSpeed's
+    save is collective, each rank writes its own shards; under DDP rank 0 alone writes, renaming
+    temporary files as it goes, which a rank walking the folder earlier would open), every rank
+    flushes the folder's files to disk, all meet again, then the ranks checksum the files (each its
+    share) and rank 0 writes the completion record with ``run_id``."""
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
@@ -315,10 +317,13 @@ class CompletionCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
+        distributed = dist.is_available() and dist.is_initialized()
         ckpt = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+        if distributed:
+            dist.barrier()
         if ckpt.is_dir():
             _fsync_tree(ckpt)
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
             dist.barrier()
         write_completion_record(ckpt, state.global_step, self.run_id)
         return control
