@@ -73,13 +73,14 @@ def test_lora_on_a_causal_lm_merges_into_the_logits_of_the_unmerged_model(tiny_c
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llava_core.compat import dtype_kwargs
     from llava_core.model.inference import load_model
 
     run = tmp_path / "lora"
     submit_job("finetune", **flags(tiny_causal_lm, text_data["alpaca"], run, lora_enable=True, lora_r=8, lora_alpha=16,
                                    packing=True))
     tokenizer = AutoTokenizer.from_pretrained(run / "final")
-    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, **dtype_kwargs(torch.float32))
     before = logits(base, tokenizer)
     unmerged = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
     merged, _ = load_model(run)  # final/: the adapter merged at the end of the run
