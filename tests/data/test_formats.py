@@ -15,7 +15,6 @@ from llava_core.data.formats import (
     FormatError,
     convert_file,
     detect_format,
-    from_llava,
     read_records,
     to_llava,
     write_records,
