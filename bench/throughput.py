@@ -84,9 +84,10 @@ class RunSpec:
     seed: int = 0
     workers: int = 4
     device: str = "cuda"
-    gpu_gib: float = 79.0  # GPU memory to plan for and allow (caps the allocator on larger GPUs; not the product modes)
+    gpu_gib: float = 79.0  # GPU memory to plan for and allow (caps the allocator on larger GPUs; product: --gpu_gib)
     work: str = "/tmp/llava-bench-product"  # product modes: where the model folders, JSON and JPEGs are written once
     preset: str = "llava15-7b-finetune"  # product modes: the preset the job is submitted with
+    flags: dict[str, Any] | None = None  # product modes: further jobs.submit flags, applied last
 
 
 def _set_single_process_env() -> None:
@@ -312,7 +313,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
 
 PRODUCT_MODES: dict[str, dict[str, Any]] = {
-    "product": {},  # the preset as it is (its --deepspeed: auto)
+    "product": {},  # the preset as it is (--deepspeed auto, --per_device_train_batch_size auto) for --gpu_gib
     "product-nozero": {"deepspeed": None},  # no DeepSpeed (what auto picks on one GPU when the states fit)
     "product-zero2": {"deepspeed": "zero2"},  # ZeRO-2, as LLaVA's scripts and the presets before auto
     "product-mb2x": {"deepspeed": None},  # no DeepSpeed, a micro batch twice as large, half the accumulation steps
@@ -356,23 +357,26 @@ class _InProcessJob:
 
 def product_flags(spec: RunSpec, assets: dict[str, Path], job_dir: Path) -> dict[str, Any]:
     """The `jobs.submit finetune` flags of a product run: the preset, the files, LLaVA's global
-    batch on one process, `max_steps`, and the mode's overrides."""
+    batch on one process, `max_steps`, the mode's overrides and `spec.flags`. `product` keeps the
+    preset's micro batch (auto: chosen for `--gpu_gib`); the other modes name it."""
     from llava_core.compat import sequential_sampling_kwargs
 
     batch, accum = (spec.batch * 2, spec.accum // 2) if spec.mode == "product-mb2x" else (spec.batch, spec.accum)
     if accum < 1:
         raise ValueError(f"{spec.mode} halves --accum {spec.accum}: give an even --accum")
+    batching = {"global_batch_size": batch * accum}
+    if spec.mode != "product":
+        batching.update(per_device_train_batch_size=batch, gradient_accumulation_steps=accum)
     flags: dict[str, Any] = dict(
         preset=spec.preset, model_name_or_path=str(assets["llm"]), vision_tower=str(assets["vision"]),
-        data_path=str(assets["data"]), image_folder=str(assets["images"]), output_dir=str(job_dir),
-        per_device_train_batch_size=batch, gradient_accumulation_steps=accum, global_batch_size=batch * accum,
+        data_path=str(assets["data"]), image_folder=str(assets["images"]), output_dir=str(job_dir), **batching,
         max_steps=spec.warmup + spec.steps, learning_rate=spec.lr, report_to="none", save_strategy="no",
         dataloader_num_workers=spec.workers, seed=spec.seed, executor="local", nodes=1, gpus_per_node=1, follow=False,
-        **sequential_sampling_kwargs(), **PRODUCT_MODES[spec.mode],
+        gpu_gib=spec.gpu_gib, **sequential_sampling_kwargs(), **PRODUCT_MODES[spec.mode],
     )
     if spec.device != "cuda":  # the CPU smoke: no DeepSpeed, no compile (the platform turns bf16/tf32 off)
         flags.update(deepspeed=None, compile_layers=False)
-    return flags
+    return {**flags, **(spec.flags or {})}
 
 
 def run_product(spec: RunSpec) -> dict[str, Any]:
@@ -383,7 +387,9 @@ def run_product(spec: RunSpec) -> dict[str, Any]:
     from transformers import AutoConfig, LlavaForConditionalGeneration
 
     import jobs.submit
+    import llava_core.train.fast_path
     import llava_core.train.loop
+    import llava_core.train.memory
     from bench.models import parameter_counts
     from llava_core.io import read_jsonl
     from llava_core.train.supervised import validate_data
@@ -407,11 +413,17 @@ def run_product(spec: RunSpec) -> dict[str, Any]:
         return seen["fast_path"]
 
     real_fast_path = llava_core.train.loop.apply_fast_path
-    if cuda:
+    if cuda:  # a card of --gpu_gib: the allocator capped there, and the ranks' GPU reads as that size
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec.gpu_gib * 1024**3 / total))
         torch.cuda.reset_peak_memory_stats()
-    with mock.patch.object(jobs.submit, "submit", submit), mock.patch.object(llava_core.train.loop, "apply_fast_path", fast_path):
+    card = (lambda: spec.gpu_gib) if cuda else (lambda: None)
+    with mock.patch.object(jobs.submit, "submit", submit), mock.patch.object(llava_core.train.loop, "apply_fast_path", fast_path), \
+            mock.patch.object(llava_core.train.memory, "local_gpu_gib", card), \
+            mock.patch.object(llava_core.train.fast_path, "local_gpu_gib", card):
         done = jobs.submit.submit_job("finetune", wait=True, **flags)
     peak = torch.cuda.max_memory_allocated() / 1024**3 if cuda else float("nan")
+    reserved = torch.cuda.max_memory_reserved() / 1024**3 if cuda else float("nan")
 
     cfg, report = seen["task"].cfg, seen["task"].report
     if report is None:  # the submit's pre-flight had no lengths: measure them as the ranks would
@@ -432,17 +444,42 @@ def run_product(spec: RunSpec) -> dict[str, Any]:
 
     zero_stage, offload = deepspeed_zero(cfg.deepspeed)
     fast = seen.get("fast_path", {})
+    actual = _predicted_at_heaviest(cfg, lengths[:steps * size], fast)
     return {
         **asdict(spec), "batch": cfg.per_device_train_batch_size, "accum": cfg.gradient_accumulation_steps,
         "step_s": seconds / timed_steps, "samples_s": size * timed_steps / seconds, "tokens_s": tokens / seconds,
         "images_s": images / seconds, "mfu": flops / seconds / PEAK_FLOPS, "peak_gib": peak,
-        "predicted_gib": fast.get("predicted_peak_gib", float("nan")),
+        "reserved_gib": reserved, "predicted_gib": fast.get("predicted_peak_gib", float("nan")),
+        "predicted_heaviest_gib": actual.total_gib, "predicted_heaviest_parts_gib": actual.parts_gib,
         "host_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
         "plan": {"zero_stage": zero_stage, "offload": offload, "fast_path": fast, "packing": cfg.packing,
                  "compile_layers": cfg.compile_layers, "gradient_checkpointing": cfg.gradient_checkpointing},
         "job_dir": str(job_dir), "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
         "step_times": [b - a for a, b in zip(ends, ends[1:])],
     }
+
+
+def _predicted_at_heaviest(cfg, lengths: list[int], fast: dict[str, Any]):
+    """The memory estimate of a product run at the heaviest micro batch it trained on (file order:
+    the packed tokens, rounded up as `PackingCollator` does, and the images of each), with the
+    layers it checkpointed and its ZeRO setup: the estimate's own error, apart from the draw of a
+    heavy batch that the choice adds."""
+    from dataclasses import replace
+
+    from jobs.zero_choice import model_shape
+    from llava_core.train.memory import deepspeed_zero, estimate_peak_memory
+
+    batch = cfg.per_device_train_batch_size
+    micro = [lengths[i:i + batch] for i in range(0, len(lengths), batch)]
+    heaviest = max(micro, key=lambda m: sum(abs(n) for n in m))
+    tokens = -(-sum(abs(n) for n in heaviest) // 64) * 64 if cfg.packing else batch * max(abs(n) for n in heaviest)
+    stage, offload = deepspeed_zero(cfg.deepspeed)
+    shape = model_shape(cfg, 1, lengths)
+    layers = fast.get("checkpointed_layers", shape.layers if cfg.gradient_checkpointing is True else 0)
+    return estimate_peak_memory(replace(shape, tokens=tokens, logit_tokens=tokens, images=sum(n > 0 for n in heaviest),
+                                        checkpointed_layers=layers, zero_stage=stage, offload_optimizer=offload,
+                                        precision="deepspeed_bf16" if stage else "autocast",
+                                        accumulation_steps=cfg.gradient_accumulation_steps))
 
 
 def profile_summary(profiler: "torch.profiler.profile", wall_s: float, top: int = 25) -> dict[str, Any]:
@@ -490,8 +527,8 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _run_in_subprocess(spec: RunSpec, out: Path, timeout_s: float | None = None) -> dict[str, Any] | None:
-    name = f"{spec.model}-{spec.stage}-{spec.mode}"
+def _run_in_subprocess(spec: RunSpec, out: Path, timeout_s: float | None = None, name: str | None = None) -> dict[str, Any] | None:
+    name = name or f"{spec.model}-{spec.stage}-{spec.mode}"
     result_file = out / f"{name}.json"
     env = dict(os.environ)
     if spec.mode in PRODUCT_MODES:  # as a rank of the local executor starts (cluster.runtime)

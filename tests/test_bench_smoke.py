@@ -24,7 +24,9 @@ def test_smoke_runs_the_reference_and_the_product_path_and_prints_the_table(tmp_
         assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"])
         assert r["tokens_s"] > 0
     product, doubled = results[1], results[2]
-    assert (product["batch"], product["accum"]) == (4, 2) and (doubled["batch"], doubled["accum"]) == (8, 1)
+    # product: the preset's micro batch auto, chosen for --gpu_gib 79 (the largest that divides the global batch of 8)
+    assert (product["batch"], product["accum"]) == (8, 1) and (doubled["batch"], doubled["accum"]) == (8, 1)
+    assert product["predicted_heaviest_gib"] > 0
     # it went through jobs.submit: the job directory holds the resolved config, the job's metrics and final/
     job_dir = Path(product["job_dir"])
     assert json.loads((job_dir / "job.json").read_text())["preset"] == "llava15-7b-finetune" and (job_dir / "config.yaml").is_file()
@@ -35,7 +37,7 @@ def test_smoke_runs_the_reference_and_the_product_path_and_prints_the_table(tmp_
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| model"))
     assert header.split(" | ")[1:4] == ["stage", "mode", "batch"] and "speedup" in header
-    assert "| tiny | stage2 | product | 4x2 |" in out
+    assert "| tiny | stage2 | product | 8x1 |" in out
 
 
 def test_the_product_files_are_real_format_and_follow_the_length_mix(tmp_path):
