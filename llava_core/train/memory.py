@@ -50,6 +50,12 @@ HIDDEN_BYTES_COMPILED_BF16 = 12
 HIDDEN_BYTES_COMPILED_FP32_RESIDUAL = 16
 INTERMEDIATE_BYTES_COMPILED = 4
 WORKSPACE = 1.5 * GIB
+# The product path (jobs.submit finetune, packed and compiled) keeps 15% more for activations and
+# logits than the constants above give: its two runs at 16 x 8 and 32 x 4 (one H200, 2026-12-02),
+# re-predicted at the heaviest micro batch each trained on, measured 48.7 / 72.4 GiB against 45.0 /
+# 65.6; with the activations and logits x 1.15 both land within 0.1 GiB, the model states as
+# counted (docs/performance.md, issue 26).
+ACTIVATION_CALIBRATION = 1.15
 # Host memory of one rank whose optimizer DeepSpeed offloads (ZeRO-2/3 offload_optimizer): fp32
 # master weights, fp32 gradients and Adam's two moments of its partition, 16 bytes per parameter,
 # plus a bf16 copy of its gradients when it accumulates over micro batches (+2); the process itself
@@ -58,7 +64,10 @@ WORKSPACE = 1.5 * GIB
 OFFLOAD_BYTES = 16
 OFFLOAD_ACCUMULATION_BYTES = 2
 HOST_PROCESS_OVERHEAD = 15 * GIB
-# `gradient_checkpointing: auto` checkpoints the fewest layers whose estimate fits this share of the GPU.
+# `gradient_checkpointing: auto` checkpoints the fewest layers whose estimate fits this share of the GPU
+# (and `--per_device_train_batch_size auto` takes its micro batch within it): the rest is the
+# allocator's cached-but-unused blocks, which packed batches of changing length fragment (8.9 GiB of
+# them when 32 x 4 ran out of memory on an H100 80GB at 68.5 GiB allocated, issue 26).
 AUTO_CHECKPOINT_SHARE = 0.85
 
 
@@ -166,8 +175,8 @@ def _activations(job: JobShape) -> float:
 def estimate_peak_memory(job: JobShape) -> MemoryEstimate:
     """Predicted peak GPU memory of one rank for `job` (see the module docstring)."""
     parts = _model_states(job)
-    parts["activations"] = _activations(job)
-    parts["logits"] = job.logit_tokens * job.vocab * (2 + 4)  # bf16 logits and their fp32 copy
+    parts["activations"] = _activations(job) * ACTIVATION_CALIBRATION
+    parts["logits"] = job.logit_tokens * job.vocab * (2 + 4) * ACTIVATION_CALIBRATION  # bf16 logits and their fp32 copy
     parts["workspace"] = WORKSPACE
     total = sum(parts.values())
     return MemoryEstimate(total / GIB, {name: value / GIB for name, value in parts.items()})
