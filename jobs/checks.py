@@ -15,6 +15,19 @@ from llava_core.data.validation import ValidationReport
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def pending_upstream(path: str | None, job: dict[str, Any]) -> str | None:
+    """The job directory of ``--after`` (a recipe's earlier stage, not finished yet) that ``path``
+    lies in, or None: such a path is written before this job starts, so its checks are left to the ranks."""
+    if not path:
+        return None
+    target = Path(path).absolute()
+    after = job.get("after") or []
+    for upstream in [after] if isinstance(after, str) else after:
+        if target.is_relative_to(Path(upstream).absolute()) and not target.exists():
+            return str(upstream)
+    return None
+
+
 def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -> str:
     """Global batch = per-device x accumulation x processes; an error saying what to change when it
     differs from the recipe's ``expected`` (None or 0: no check)."""
@@ -125,11 +138,14 @@ def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
     return Check("model", PASSED, ", ".join(where) + kind + hub), located
 
 
-def check_projector(cfg: TrainConfig) -> Check | None:
-    """A stage-1 ``mm_projector.bin`` to start from must exist."""
+def check_projector(cfg: TrainConfig, job: dict[str, Any] | None = None) -> Check | None:
+    """A stage-1 ``mm_projector.bin`` to start from must exist (or be written by ``--after``'s job)."""
     path = cfg.pretrain_mm_mlp_adapter
     if not path:
         return None
+    upstream = pending_upstream(path, job or {})
+    if upstream:
+        return Check("projector", SKIPPED, f"{path}: written by {upstream} before this job starts")
     if not Path(path).is_file():
         return Check("projector", FAILED, f"--pretrain_mm_mlp_adapter {path}: no such file (stage 1 writes "
                                           "runs/<job>/mm_projector.bin)")
@@ -305,11 +321,14 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
     ds_check, cfg = (None, cfg) if auto else check_deepspeed(cfg, spec.platform)
     if located is not None:
         located = dataclasses.replace(located, deepspeed=cfg.deepspeed)
-    checks += [c for c in (check_projector(cfg), ds_check) if c]
+    checks += [c for c in (check_projector(cfg, job), ds_check) if c]
     ds_at = len(checks)
     report = None
     if data_check is not None:
         checks.append(data_check(cfg))
+    elif pending_upstream(cfg.data_path, job):  # a recipe's earlier stage writes it: the ranks validate it
+        checks.append(Check("data", SKIPPED, f"{cfg.data_path}: written by {pending_upstream(cfg.data_path, job)} "
+                                             "before this job starts (the ranks validate it)"))
     else:
         data_checks, report = check_data(cfg, located, why)
         checks += data_checks

@@ -129,6 +129,8 @@ def table(runs: Path) -> str:
         rows.append((job_dir.name, info["executor"], str(info["job_id"]), state, _nodes(info),
                      "-" if step is None else str(step), "-" if loss is None else f"{loss:.4g}",
                      _hms(info.get("time_left"))))
+    for recipe in sorted(p.parent for p in Path(runs).glob("*/recipe.json")):
+        rows.append((recipe.name, "recipe", "-", "see: jobs.status " + recipe.name, "", "", "", ""))
     if len(rows) == 1:
         return f"no jobs under {runs}/"
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -142,6 +144,12 @@ def main(job: str | None = None, runs: str = "runs") -> None:
         job: a job directory, its name under ``runs``, or a unique prefix of one.
         runs: the folder that holds job directories.
     """
+    from jobs.kinds.recipe import RECORD, describe_chain
+
+    recipe = next((p for p in (Path(str(job)), Path(runs) / str(job)) if (p / RECORD).is_file()), None) if job else None
+    if recipe is not None:  # a recipe: its stages, each a job
+        print(describe_chain(recipe))
+        return
     print(describe(find_job(str(job), runs)) if job is not None else table(Path(runs)))
 
 

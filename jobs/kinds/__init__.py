@@ -15,6 +15,8 @@ KINDS = {
     "eval": "jobs.kinds.eval:EVAL",
     "demo": "jobs.kinds.demo:DEMO",
     "serve": "jobs.kinds.serve:SERVE",
+    "data": "jobs.kinds.data:DATA",
+    "recipe": "jobs.kinds.recipe:RECIPE",
 }
 
 

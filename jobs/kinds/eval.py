@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.check import Check, FAILED, PASSED
+from jobs.check import FAILED, PASSED, SKIPPED, Check
+from jobs.checks import pending_upstream
 from jobs.kinds.base import Checked, JobKind, Submission
 from llava_core.eval.config import EvalConfig
 from llava_core.run_config import trained_version
@@ -52,14 +53,15 @@ class EvalKind(JobKind):
         return values
 
     def check(self, settings: EvalConfig, sub: Submission) -> Checked:
-        return Checked(eval_checks(settings), settings)
+        return Checked(eval_checks(settings, sub.job), settings)
 
     def task(self, checked: Checked, sub: Submission) -> EvalTask:
         return EvalTask(checked.settings, str(sub.job_dir))
 
 
-def eval_checks(cfg: EvalConfig) -> list[Check]:
-    """The required flags, the model folder and the benchmark's files in their published layout."""
+def eval_checks(cfg: EvalConfig, job: dict[str, Any] | None = None) -> list[Check]:
+    """The required flags, the model folder (or a recipe's earlier stage that writes it: ``job``'s
+    ``after``) and the benchmark's files in their published layout."""
     from llava_core.eval.benchmarks import get_benchmark
     from llava_core.model.inference import resolve_model_dir
 
@@ -67,8 +69,10 @@ def eval_checks(cfg: EvalConfig) -> list[Check]:
     if missing:
         return [Check("options", FAILED, f"{', '.join(missing)} required for an eval job")]
     checks = []
+    upstream = pending_upstream(cfg.model, job or {})
     try:
-        checks.append(Check("model", PASSED, str(resolve_model_dir(cfg.model))))
+        checks.append(Check("model", SKIPPED, f"{cfg.model}: written by {upstream} before this job starts") if upstream
+                      else Check("model", PASSED, str(resolve_model_dir(cfg.model))))
     except (FileNotFoundError, ValueError) as e:
         checks.append(Check("model", FAILED, str(e)))
     try:
