@@ -224,3 +224,19 @@ def llava_load_kwargs(path: str | Path) -> dict[str, Any]:
         return {}
     return {"key_mapping": {r"^vision_tower\.(?!vision_model\.)": "model.vision_tower.vision_model.",
                             **LlavaForConditionalGeneration._checkpoint_conversion_mapping}}
+
+
+def llava_image_processor_class(image_processor: Any) -> type:
+    """transformers' LLaVA image processor (the one with ``do_pad``: LLaVA's pad to a square) of the
+    same backend as ``image_processor``: 5.x has ``LlavaImageProcessor`` (torchvision) and
+    ``LlavaImageProcessorPil`` (PIL, the one without torchvision); 4.x has ``LlavaImageProcessor``
+    (PIL/numpy) and ``LlavaImageProcessorFast`` (torchvision)."""
+    import transformers.models.llava as llava
+
+    if TRANSFORMERS >= Version("5"):
+        from transformers.image_processing_backends import PilBackend
+
+        return llava.LlavaImageProcessorPil if isinstance(image_processor, PilBackend) else llava.LlavaImageProcessor
+    from transformers.image_processing_utils_fast import BaseImageProcessorFast
+
+    return llava.LlavaImageProcessorFast if isinstance(image_processor, BaseImageProcessorFast) else llava.LlavaImageProcessor

@@ -287,12 +287,33 @@ _BODY = (
 )
 
 
+_WRAPPED = "{#- llava-cluster: messages as training placed their images -#}"
+
+
+def wrap_own_template(template: str) -> str:
+    """The tokenizer's own chat template (``--version chat_template``) behind a preamble that turns
+    transformers' item form of a message (``[{"type": "image"}, {"type": "text", "text": ...}]``)
+    into the string training gave it: ``<image>`` at the start, a newline, then the text (LLaVA's
+    placement); string contents pass unchanged, so the template itself only ever sees strings.
+    A template already wrapped comes back as it is."""
+    if template.startswith(_WRAPPED):
+        return template
+    return (_WRAPPED + _BODY.replace("{{ SPACE }}", "") + "{%- set placed = namespace(messages=[]) -%}"
+            "{%- for m in messages -%}{%- set placed.messages = placed.messages + ([m] if m['content'] is string "
+            "else [{'role': m['role'], 'content': body(m)}]) -%}{%- endfor -%}"
+            "{%- set messages = placed.messages -%}" + template)
+
+
 def chat_template(fmt: str, tokenizer: PreTrainedTokenizerBase) -> str | None:
     """A Jinja chat template that renders what :func:`render` renders for ``fmt`` with this
-    tokenizer (None for ``chat_template``, which is the tokenizer's own), for the processor to save:
-    ``apply_chat_template`` then prompts the model exactly as training did. Messages are
-    ``{"role": "user" | "assistant", "content": str | [{"type": "image"}, {"type": "text", ...}]}``;
-    the image goes to the start of its message, as LLaVA places it."""
+    tokenizer, for the processor to save: ``apply_chat_template`` then prompts the model exactly as
+    training did. Messages are ``{"role": "user" | "assistant", "content": str | [{"type": "image"},
+    {"type": "text", ...}]}``; the image goes to the start of its message, as LLaVA places it.
+    ``chat_template``: the tokenizer's own template, wrapped (:func:`wrap_own_template`); None when
+    the tokenizer has none (or several, by name)."""
+    if fmt == "chat_template":
+        own = getattr(tokenizer, "chat_template", None)
+        return wrap_own_template(own) if isinstance(own, str) else None
     if fmt not in TEMPLATES:
         return None
     t = TEMPLATES[fmt]

@@ -26,7 +26,9 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from llava_core.compat import dtype_kwargs, llava_load_kwargs
 from llava_core.config import TrainConfig
-from llava_core.data.encoding import image_token_count
+from llava_core.data.conversation import chat_template
+from llava_core.data.encoding import image_token_count, tokenizer_of
+from llava_core.data.images import image_processor_for
 from llava_core.model.llava_original import as_parts, is_original
 from llava_core.model.quantize import qlora_load_kwargs
 
@@ -93,7 +95,19 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
         model, processor = assemble(cfg, dtype)
     if cfg.pretrain_mm_mlp_adapter:
         load_mm_projector(model, cfg.pretrain_mm_mlp_adapter)
-    return model, processor
+    return model, as_trained(processor, cfg)
+
+
+def as_trained(processor, cfg: TrainConfig):
+    """``processor`` set up as the run ``cfg`` uses it, and as it is saved with the model (final/,
+    checkpoints, exports): the prompt format's chat template and the image aspect ratio applied by
+    the image processor itself (a causal LM's tokenizer: the chat template only)."""
+    template = chat_template(cfg.prompt_format, tokenizer_of(processor))
+    if template:
+        processor.chat_template = template
+    if getattr(processor, "image_processor", None) is not None:
+        processor.image_processor = image_processor_for(processor.image_processor, cfg.image_aspect_ratio)
+    return processor
 
 
 def _load_vision(path: str, cfg: TrainConfig, dtype: torch.dtype) -> torch.nn.Module:

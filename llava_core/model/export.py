@@ -9,10 +9,9 @@ import torch
 
 from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
-from llava_core.data.conversation import chat_template
 from llava_core.io import atomic_dir, atomic_write_json
 from llava_core.model import llava_original
-from llava_core.model.build import build_model, load_pretrained, load_saved_processor, projector_state_llava_format
+from llava_core.model.build import as_trained, build_model, load_pretrained, load_saved_processor, projector_state_llava_format
 from llava_core.model.parts import is_text_only
 
 FORMATS = ("hf", "llava")
@@ -54,7 +53,8 @@ def save_full_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, to: st
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json (not a model checkpoint)")
-    return _save(load_pretrained(checkpoint_dir), load_saved_processor(checkpoint_dir), out_dir, to, cfg)
+    processor = load_saved_processor(checkpoint_dir)
+    return _save(load_pretrained(checkpoint_dir), as_trained(processor, cfg) if cfg else processor, out_dir, to, cfg)
 
 
 def convert_llava_original(path: str, out_dir: str | Path, to: str = "hf", version: str = "v1") -> Path:
@@ -62,7 +62,6 @@ def convert_llava_original(path: str, out_dir: str | Path, to: str = "hf", versi
     ``to``, its processor saving the chat template of ``version`` (LLaVA-1.5's ``v1`` by default)."""
     cfg = TrainConfig(model_name_or_path=path, version=version)
     model, processor = build_model(cfg)
-    processor.chat_template = chat_template(cfg.prompt_format, processor.tokenizer) or processor.chat_template
     return _save(model, processor, out_dir, to, cfg)
 
 

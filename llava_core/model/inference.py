@@ -18,6 +18,7 @@ from llava_core.config import TrainConfig
 from llava_core.data.conversation import generation_prompt, place_images, render
 from llava_core.data.encoding import tokenizer_of
 from llava_core.model.build import (
+    as_trained,
     build_model,
     is_llava_checkpoint,
     load_for_inference,
@@ -69,6 +70,15 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, bits: int = 16):
+    """(model, processor) in eval mode, the processor as the model's run trained (:func:`_load`);
+    a model inside a run folder gets its run's chat template and image aspect ratio (runs saved
+    before the processor kept them)."""
+    model, processor = _load(path, dtype, bits)
+    saved = read_run_config(resolve_model_dir(path))
+    return model, (as_trained(processor, saved.settings) if saved and isinstance(saved.settings, TrainConfig) else processor)
+
+
+def _load(path: str | Path, dtype: torch.dtype, bits: int):
     """(model, processor) in eval mode; a LoRA adapter is merged into its base model, a
     prompt-learning adapter (``--peft``) wraps it (prompt encoders do not merge). A causal LM
     trained text only comes with its tokenizer as the processor.

@@ -12,8 +12,6 @@ from typing import Any, Callable, Protocol
 from transformers import set_seed
 
 from llava_core.config import TrainConfig
-from llava_core.data.conversation import chat_template
-from llava_core.data.encoding import tokenizer_of
 from llava_core.model.build import (
     build_model,
 )
@@ -91,7 +89,6 @@ def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], boo
     # partitions the finished model when the Trainer initialises it.
     set_seed(cfg.seed)  # the new projector and embedding rows are random: the same seed, the same start
     model, processor = build_model(cfg)
-    processor.chat_template = chat_template(cfg.prompt_format, tokenizer_of(processor)) or processor.chat_template
     args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
     model = apply_freeze_plan(model, cfg)
