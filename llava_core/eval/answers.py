@@ -22,7 +22,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from llava_core.eval.generate import ImageSource, generate_batch, rank_and_world
+from llava_core.eval.generate import ImageSource, generate_from_inputs, prepared_ahead, rank_and_world
 from llava_core.io import atomic_write_json, read_jsonl
 
 
@@ -77,9 +77,10 @@ def answer_all(model, processor, keys: Sequence[str], prompts: Sequence[str], im
     lengths = {i: len(tokenizer(prompts[i], add_special_tokens=False)["input_ids"]) for i in mine}
     mine.sort(key=lambda i: (-lengths[i], i))
     new: dict[str, str] = {}
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        out = generate_batch(model, processor, [prompts[i] for i in idx], [images[i] for i in idx], max_new_tokens)
+    batches = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+    ahead = prepared_ahead(processor, (([prompts[i] for i in idx], [images[i] for i in idx]) for idx in batches))
+    for idx, inputs in zip(batches, ahead, strict=True):
+        out = generate_from_inputs(model, processor, inputs, max_new_tokens)
         batch = {keys[i]: a for i, a in zip(idx, out)}
         if store is not None:
             store.append(rank, batch)
