@@ -64,6 +64,13 @@ def test_every_shipped_preset_loads_and_validates(name):
     kind = get_kind(preset_kind(name))
     r = resolve(name, None, {}, kind.option_names())
     settings = kind.settings(r.values)
+    if kind.name == "recipe":  # every stage a known job whose preset and flags are valid for it
+        for stage in settings.stages:
+            stage_kind = get_kind(stage["job"])
+            flags = resolve(stage.get("preset"), None, stage.get("flags", {}), stage_kind.option_names(), stage["job"])
+            stage_kind.settings(flags.values)
+        assert len(settings.stages) >= 3
+        return
     assert values and (kind.name == "eval" or settings.learning_rate > 0)
 
 
