@@ -6,7 +6,7 @@
   over the leave-one-out subsets of the references).
 - Captioning: ``pycocoevalcap``'s BLEU, ROUGE-L and CIDEr scorers (pure python) on the COCO
   toolkit's PTB tokenisation when ``java`` is on PATH, else a java-free PTB tokenizer
-  (:func:`caption_tokenize`, equal to the toolkit's on the captions of tests/test_caption_ptb.py);
+  (:func:`caption_tokenize`, equal to the toolkit's on the captions of tests/eval/test_caption_ptb.py);
   METEOR (``pycocoevalcap``, java) only when ``java`` is on PATH.
 """
 
@@ -143,7 +143,7 @@ def vqa_metrics(answers: Sequence[str], references: Sequence[Sequence[str]]) -> 
 
 # A java-free PTBTokenizer (Stanford CoreNLP 3.4.1, as pycocoevalcap runs it: -preserveLines
 # -lowerCase, then its punctuation tokens dropped), rule for rule on what captions hold; checked
-# against the real toolkit in tests/test_caption_ptb.py.
+# against the real toolkit in tests/eval/test_caption_ptb.py.
 _CLITIC = re.compile(r"(\w)('s|'re|'ve|'ll|'d|'m|n't)(?!\w)")
 _ABBREVIATIONS = ("mr mrs ms dr prof st jr sr mt ave ft inc ltd co corp bros vs etc gen gov sen rep rev capt col "
                   "lt sgt jan feb mar apr jun jul aug sep sept oct nov dec").split()

@@ -77,8 +77,8 @@ def mme(root: Path) -> Path:
     for task, stems in (("existence", ["000000006040", "000000018150"]), ("code_reasoning", ["0020"])):
         for s in stems:
             _image(root / task / f"{s}.jpg")
-            (root / task / f"{s}.txt").write_text(f"Is there a cat in this image? Please answer yes or no.\tYes\n"
-                                                  f"Is there a dog in this image? Please answer yes or no.\tNo\n")
+            (root / task / f"{s}.txt").write_text("Is there a cat in this image? Please answer yes or no.\tYes\n"
+                                                  "Is there a dog in this image? Please answer yes or no.\tNo\n")
     _image(root / "artwork" / "images" / "10002.jpg")
     qa = root / "artwork" / "questions_answers_YN" / "10002.txt"
     qa.parent.mkdir(parents=True)

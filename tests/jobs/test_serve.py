@@ -22,7 +22,7 @@ from llava_core.eval.generate import generate_batch
 from llava_core.model.inference import chat_prompt, load_model, stream_answer
 from tests.eval_dpo_tiny_llava import tiny_llava, write_images
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "is there a red circle ?"
 FOLLOW_UP = "what color ?"
 

@@ -23,7 +23,7 @@ from llava_core.model.hub import ModelNotFoundError
 from tests import llava_reference as ref
 from tests.llama_tokenizer import llama_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_PATCHES = 16  # 32 px / patch 8
 
 

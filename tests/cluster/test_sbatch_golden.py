@@ -1,6 +1,6 @@
 """Golden files of the generated sbatch scripts (plain, pyxis, Apptainer): any change is visible.
 
-Regenerate after an intended change: ``UPDATE_GOLDEN=1 pytest tests/test_sbatch_golden.py``.
+Regenerate after an intended change: ``UPDATE_GOLDEN=1 pytest tests/cluster/test_sbatch_golden.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from cluster.launch_spec import LaunchSpec
 from cluster.slurm_executor import sbatch_script
 
-GOLDEN = Path(__file__).with_name("golden")
+GOLDEN = Path(__file__).parents[1] / "golden"
 COMMON = dict(name="golden", nodes=2, gpus_per_node=4, partition="gpu", time="1-00:00:00",
               account="proj", cpus_per_task=8, mem="400G", max_requeues=3,
               env={"NCCL_DEBUG": "WARN"})

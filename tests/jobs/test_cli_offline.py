@@ -17,7 +17,7 @@ import torch
 from jobs.cli import run
 from llava_core.model import hub
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # LLaVA's scripts/v1_5/finetune_lora.sh, flag for flag (13B)
 FINETUNE_LORA_SH = (
     "--lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 --deepspeed ./scripts/zero3.json "

@@ -18,7 +18,7 @@ from jobs.submit import submit_job
 from llava_core.config import TrainConfig
 from llava_core.run_config import read_run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_nodes_zero_is_a_clean_error_before_any_check(tiny_values, tmp_path, capsys):
@@ -60,7 +60,8 @@ def test_config_yaml_is_the_resolved_typed_config_and_resubmits_the_run(tiny_val
     run = read_run_config(out / "final")
     assert isinstance(run.settings, TrainConfig) and run.settings.max_steps == 2 and run.path == out / "config.yaml"
     # the saved config is a --config: the same job again, in the same directory, two steps further
-    submit_job("finetune", config=str(out / "config.yaml"), max_steps=4)
+    # (a changed setting of a run with checkpoints is accepted by name: jobs.provenance)
+    submit_job("finetune", config=str(out / "config.yaml"), max_steps=4, accept_changes="max_steps")
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in line]
     assert steps[-1] == 4 and "resuming from" in (out / "logs" / "rank0.log").read_text()

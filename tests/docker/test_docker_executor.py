@@ -1,6 +1,6 @@
 """What the docker executor asks the engine for (golden files), without an engine.
 
-Regenerate the golden files after an intended change: ``UPDATE_GOLDEN=1 pytest tests/test_docker_executor.py``.
+Regenerate the golden files after an intended change: ``UPDATE_GOLDEN=1 pytest tests/docker/test_docker_executor.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from cluster.docker_executor import container_request
 from cluster.launch_spec import LaunchSpec
 
-GOLDEN = Path(__file__).parent / "docker" / "golden"
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def _request(platform: str, **spec_fields: object) -> dict:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
 from llava_core.train.dpo import DPOTrainer
-from tests.test_dpo_trainer import LLAVA, _args, _lora, setup  # noqa: F401 (setup is the fixture)
+from tests.train.test_dpo_trainer import LLAVA, _args, _lora, setup  # noqa: F401 (setup is the fixture)
 
 BETA = 0.3
 

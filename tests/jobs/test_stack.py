@@ -37,7 +37,7 @@ def test_check_names_a_library_that_does_not_import(monkeypatch) -> None:
     assert problem.startswith("deepspeed ") and "_get_socket_with_port" in problem
 
 
-ROOT = stack.Path(__file__).resolve().parents[1]
+ROOT = stack.Path(__file__).resolve().parents[2]
 
 
 def test_site_install_refuses_an_env_without_the_sites_torch(tmp_path) -> None:

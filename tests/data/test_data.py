@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from llava_core.config import TrainConfig
-from llava_core.data.conversation import ConversationError, generation_prompt, normalise_turns, place_images, render
+from llava_core.data.conversation import ConversationError, generation_prompt, normalise_turns, place_images
 from llava_core.data.dataset import Collator, ModalityLengthGroupedSampler
 from llava_core.data.encoding import IGNORE_INDEX, Encoder
 from llava_core.data.records import Record, load_records

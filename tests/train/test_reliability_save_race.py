@@ -28,7 +28,7 @@ from llava_core.train.checkpoints import COMPLETION_RECORD, incomplete_reason, l
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNS = [  # (id, processes, --deepspeed, steps): every step saves
     ("ddp-a", 2, None, 80),
     ("ddp-b", 2, None, 60),

@@ -22,7 +22,7 @@ from jobs.cli import CommandFailed
 from jobs.submit import submit_job
 from tests.dist_callables import CountSteps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
