@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jobs.cli import UsageError, run
-from llava_core.data.encoding import tokenizer_of
 from llava_core.config import PROMPT_VERSIONS
+from llava_core.data.encoding import tokenizer_of
 from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.model.quantize import memory_line, require_quantization
 from llava_core.run_config import trained_version

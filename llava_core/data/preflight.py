@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from llava_core.data.encoding import Encoder
+from llava_core.data.formats import open_records
 from llava_core.data.records import RecordStream, data_files
 from llava_core.data.validation import Checker, Problem, ValidationReport, check_level
-from llava_core.data.formats import open_records
 from llava_core.io import atomic_write_text, load_json
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,9 @@ def preflight(data_path: str, encoder: Encoder | None, image_folder: str | None,
               data_format: str = "auto") -> ValidationReport:
     """Validate every record of ``data_path`` (the checks of ``llava_core.data.validate``) on
     ``workers`` processes (None: every core this process may use; one for a small dataset).
+    Records of ``data_format`` are converted to LLaVA's form first (``llava_core.data.formats``).
 
     ``cache``: a folder for cached results, None for :func:`default_cache_dir`, False for none.
-    Records of ``data_format`` are converted to LLaVA's form first (``llava_core.data.formats``).
     ``progress``: the bar on stderr (None: only on a terminal). The report's ``cache`` is the
     cache file it came from or was written to.
     """

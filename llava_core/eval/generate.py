@@ -33,30 +33,6 @@ def open_image(source: str | bytes) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source).convert("RGB")
 
 
-@torch.no_grad()
-def generate_answers(model, processor, prompts: Sequence[str], images: Sequence[ImageSource],
-                     batch_size: int = 8, max_new_tokens: int = 32) -> list[str]:
-    """Greedy answers to ``prompts`` (full prompt strings with one ``<image>`` placeholder where
-    an image is given), in input order. ``images`` holds an image path, bytes or None per prompt."""
-    if len(prompts) != len(images):
-        raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
-    rank, world = rank_and_world()
-    mine = list(range(rank, len(prompts), world))
-    answers: list[str] = []
-    for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        answers += generate_batch(model, processor, [prompts[i] for i in idx],
-                                  [images[i] for i in idx], max_new_tokens)
-    if world == 1:
-        return answers
-    parts: list[list[str] | None] = [None] * world
-    dist.all_gather_object(parts, answers)
-    merged: list[str] = [""] * len(prompts)
-    for r, part in enumerate(parts):
-        merged[r::world] = part
-    return merged
-
-
 def batch_inputs(processor, prompts: Sequence[str], images: Sequence[ImageSource]) -> dict[str, torch.Tensor]:
     """The model inputs of one left-padded batch, on the CPU: the prompts as rendered (BOS included
     where the format has one, as in training) and the images through the processor's own image

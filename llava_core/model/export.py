@@ -11,7 +11,13 @@ from llava_core.compat import save_portable
 from llava_core.config import TrainConfig
 from llava_core.io import atomic_dir, atomic_write_json
 from llava_core.model import llava_original
-from llava_core.model.build import as_trained, build_model, load_pretrained, load_saved_processor, projector_state_llava_format
+from llava_core.model.build import (
+    as_trained,
+    build_model,
+    load_pretrained,
+    load_saved_processor,
+    projector_state_llava_format,
+)
 from llava_core.model.parts import is_text_only
 
 FORMATS = ("hf", "llava")

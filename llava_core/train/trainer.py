@@ -27,7 +27,6 @@ from llava_core.model.build import (
 )
 from llava_core.model.parts import is_text_only
 
-
 PROMPT_ENCODER_STATE = "prompt_encoder_state.pt"
 """A P-tuning checkpoint's prompt encoder weights (peft's adapter file holds only its output)."""
 
