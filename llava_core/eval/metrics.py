@@ -99,16 +99,25 @@ def vqa_normalize(answer: str) -> str:
     articles dropped, contractions restored."""
     text = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     text = text.replace("\n", " ").replace("\t", " ").strip()
+    return canonical_words(strip_punctuation(text))
+
+
+def strip_punctuation(text: str) -> str:
+    """The VQA evaluator's punctuation step: a mark beside a space (or in a text holding a comma
+    between digits) is dropped, any other becomes a space; periods outside numbers go."""
     out = text
     for p in _PUNCT:
         if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    out = _PERIOD_STRIP.sub("", out, 32)   # the evaluator passes re.UNICODE (32) as the count
-    words = [_NUMBERS.get(w, w) for w in out.split()]
-    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
-    return " ".join(words)
+    return _PERIOD_STRIP.sub("", out, 32)   # the evaluators pass re.UNICODE (32) as the count
+
+
+def canonical_words(text: str) -> str:
+    """The VQA evaluator's word step: number words to digits, articles dropped, contractions restored."""
+    words = [_NUMBERS.get(w, w) for w in text.split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def vqa_scores(answer: str, references: Sequence[str]) -> tuple[float, float]:

@@ -17,19 +17,17 @@ the answer (accuracy); open questions: recall of the reference's words in the an
 from __future__ import annotations
 
 import pickle
-import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llava_core.eval.benchmarks.base import Benchmark, Question, image_file, mean
-from llava_core.eval.metrics import _ARTICLES, _COMMA_STRIP, _CONTRACTIONS, _NUMBERS, _PUNCT
+from llava_core.eval.metrics import canonical_words, strip_punctuation
 from llava_core.io import load_json
 
 if TYPE_CHECKING:
     from llava_core.eval.config import EvalConfig
 
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 VQA_RAD = "VQA_RAD Dataset Public.json"
 PATHVQA = "qas/test/test_qa.pkl"
 
@@ -37,16 +35,7 @@ PATHVQA = "qas/test/test_qa.pkl"
 def med_normalize(text: str) -> str:
     """LLaVA-Med's ``normalize_word`` (the VQA punctuation, number and article rules, without
     the lower-casing and "'s" steps before them, with commas removed at the end)."""
-    out = text
-    for p in _PUNCT:
-        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    out = _PERIOD_STRIP.sub("", out, 32)   # LLaVA-Med passes re.UNICODE (32) as the count
-    words = [_NUMBERS.get(w, w) for w in out.lower().split()]
-    words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
-    return " ".join(words).replace(",", "")
+    return canonical_words(strip_punctuation(text).lower()).replace(",", "")
 
 
 def med_recall(answer: str, reference: str) -> float:
