@@ -40,3 +40,9 @@ def tiny_causal_lm(tmp_path_factory) -> str:
     from llava_core.demo.assets import build_tiny_llm
 
     return str(build_tiny_llm(tmp_path_factory.getbasetemp() / "tiny_causal_lm", pretrain_steps=0))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Slurm tests run last: their local cluster stays up for the rest of the session (a session
+    fixture), and while it is up ``--executor auto`` resolves to slurm for every later job."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)
