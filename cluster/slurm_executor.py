@@ -14,6 +14,7 @@ submit from the repository root (or install the package; in a container the imag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -24,7 +25,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from submitit.slurm.slurm import _make_sbatch_string
 
@@ -181,6 +182,22 @@ def cluster_has_accelerators(partition: str | None) -> bool:
     return any(line.strip() not in ("", "(null)") for line in out.stdout.splitlines())
 
 
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _without_distributed_env() -> Iterator[None]:
+    """This process's distributed variables left out while a job is submitted: a submitter that
+    trained in-process (a notebook, a test) holds a MASTER_PORT, which the ranks' rendezvous would
+    take instead of the job's own (submitit's, from the job id): every job on one port, two on a
+    node collide (EADDRINUSE)."""
+    saved = {name: os.environ.pop(name) for name in DISTRIBUTED_ENV if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 class SlurmExecutor:
     """Slurm through submitit (the job directory must be on a filesystem all nodes share)."""
 
@@ -211,7 +228,8 @@ class SlurmExecutor:
         ctx = RankContext(job_dir=spec.job_dir, executor="slurm", result_path=result_path,
                           platform=spec.platform, env=dict(spec.env), max_requeues=spec.max_requeues,
                           stall_timeout=spec.stall_timeout)
-        job = executor.submit(RankTask(ctx, fn))
+        with _without_distributed_env():  # sbatch hands the job this process's environment
+            job = executor.submit(RankTask(ctx, fn))
         script = folder / f"{job.job_id}_submission.sh"
         if script.exists():
             atomic_write_text(spec.job_dir / "sbatch.sh", script.read_text())
