@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from cluster import platform as platforms
+
 PEAK_FLOPS = 757e12
 MFU_FORMULA = "F = 2*N_vision*577*images + 6*N_proj*576*images + k*N_llm*T (+6*N_lora*T); MFU = F / step_s / 757 TFLOP/s"
 LLAVA_ZERO2 = {
@@ -531,8 +533,10 @@ def _run_in_subprocess(spec: RunSpec, out: Path, timeout_s: float | None = None,
     name = name or f"{spec.model}-{spec.stage}-{spec.mode}"
     result_file = out / f"{name}.json"
     env = dict(os.environ)
-    if spec.mode in PRODUCT_MODES:  # as a rank of the local executor starts (cluster.runtime)
+    if spec.mode in PRODUCT_MODES:  # as a rank of the local executor starts (cluster.runtime): the platform's env
         env.setdefault("OMP_NUM_THREADS", "1")
+        for key, value in platforms.detect().env.items():
+            env.setdefault(key, value)
     with open(out / f"{name}.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bench.throughput", "--one", json.dumps(asdict(spec)), "--result", str(result_file)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)

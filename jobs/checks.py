@@ -56,11 +56,13 @@ def check_global_batch(cfg: TrainConfig, processes: int, expected: int | None) -
 
 
 def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], gpus_per_node: int = 1,
-                         gpu_gib: float | None = None) -> str:
+                         gpu_gib: float | None = None, platform: str | None = None) -> str:
     """Predicted peak GPU memory per rank (llava_core.train.memory), from the model's configs only, with
     the layers the ranks will checkpoint (``gradient_checkpointing: auto`` decides per GPU of
-    ``gpu_gib`` GiB: the local GPU's when None), and the host memory per node that an offloaded
-    optimizer needs. Raises OSError/ValueError when the model's configs cannot be read."""
+    ``gpu_gib`` GiB, the local GPU's when None, within the share ``platform``'s allocator leaves), and
+    the host memory per node that an offloaded optimizer needs. Raises OSError/ValueError when the
+    model's configs cannot be read."""
+    from jobs.zero_choice import ranks_memory_share
     from llava_core.model.build import skeleton
     from llava_core.model.freeze import apply_freeze_plan
     from llava_core.train.memory import (
@@ -83,7 +85,7 @@ def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], g
             note = (f"; gradient_checkpointing auto: {every:.1f} GiB with all {shape.layers} layers checkpointed, "
                     "the ranks checkpoint the fewest that fit their GPU (--gpu_gib N: the choice for N GiB)")
         else:
-            count = auto_checkpointed_layers(shape, gpu_gib)
+            count = auto_checkpointed_layers(shape, gpu_gib, ranks_memory_share(platform))
             shape = dataclasses.replace(shape, checkpointed_layers=count)
             note = f"; gradient_checkpointing auto: {count} of {shape.layers} layers on a {gpu_gib:.0f} GiB GPU"
     est = estimate_peak_memory(shape)
@@ -365,7 +367,7 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
     elif ds_check is None or ds_check.status not in (FAILED, SKIPPED):
         try:
             line = estimate_memory_line(located, procs, report.lengths if report else [], spec.gpus_per_node,
-                                        spec.gpu_gib)
+                                        spec.gpu_gib, spec.platform)
             checks.append(Check("memory estimate", PASSED, line))
         except (OSError, ValueError) as e:
             checks.append(Check("memory estimate", FAILED, f"the model's configs did not load: {e}"))

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jobs.check import FAILED, PASSED, Check
-from jobs.zero_choice import PREVIEW_GIB, is_auto, model_shape, unavailable_setups
+from jobs.zero_choice import PREVIEW_GIB, is_auto, model_shape, ranks_memory_share, unavailable_setups
 from jobs.zero_choice import choose_for_shape as choose_zero_for_shape
 from llava_core.config import TrainConfig
 from llava_core.train.memory import JobShape, deepspeed_zero
@@ -63,7 +63,7 @@ def _zero_setup(cfg: TrainConfig, shape: JobShape, gpu_gib: float | None, platfo
     of 1, or the config's own."""
     if is_auto(cfg.deepspeed):
         one = shape_at(shape, lengths, 1, samples, cfg.packing)
-        return choose_zero_for_shape(one, cfg, gpu_gib, unavailable_setups(platform)).setup
+        return choose_zero_for_shape(one, cfg, gpu_gib, unavailable_setups(platform), ranks_memory_share(platform)).setup
     stage, offload = deepspeed_zero(cfg.deepspeed)
     params = isinstance(cfg.deepspeed, dict) and cfg.deepspeed.get("zero_optimization", {}).get(
         "offload_param", {}).get("device", "none") not in ("none", None)
@@ -85,7 +85,7 @@ def choose_for_shape(shape: JobShape, cfg: TrainConfig, gpu_gib: float | None, l
     batch, with its ranks): one skeleton, many GPUs."""
     lengths = list(lengths) or [cfg.model_max_length]
     setup = _zero_setup(cfg, shape, gpu_gib, platform, lengths, samples)
-    budget = None if gpu_gib is None else auto_zero_budget(gpu_gib)
+    budget = None if gpu_gib is None else auto_zero_budget(gpu_gib, ranks_memory_share(platform))
     return choose_micro_batch(shape, samples, lengths, cfg.packing, setup, budget, cfg.gradient_checkpointing == "auto")
 
 

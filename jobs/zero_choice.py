@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cluster.deepspeed import AUTO, known_bug, load_zero_config, zero_config_name
 from llava_core.config import TrainConfig
-from llava_core.train.memory import JobShape
+from llava_core.train.memory import ALLOC_CONF_VAR, JobShape, memory_share
 from llava_core.train.zero_choice import ZERO_OPTIONS, ZeroChoice, ZeroSetup, auto_zero_budget, choose_zero
 
 PREVIEW_GIB = (40.0, 80.0)
@@ -60,16 +60,29 @@ def unavailable_setups(platform: str | None) -> dict[ZeroSetup, str]:
     return out
 
 
+def ranks_memory_share(platform: str | None) -> float:
+    """The share of GPU memory the ranks' allocator leaves to the estimate
+    (:func:`llava_core.train.memory.memory_share`): of their ``PYTORCH_CUDA_ALLOC_CONF``, the user's
+    when set, else the one ``platform``'s profile sets on every rank (None: this machine's platform;
+    where that is the CPU, the ranks' GPU is not known here and the default allocator's share holds)."""
+    from cluster.platform import resolve
+
+    conf = os.environ.get(ALLOC_CONF_VAR)
+    return memory_share(conf if conf is not None else resolve(platform).env.get(ALLOC_CONF_VAR))
+
+
 def choose(cfg: TrainConfig, world_size: int, gpu_gib: float | None, lengths: Sequence[int] = (),
            platform: str | None = None) -> ZeroChoice:
     """The ZeRO setup for ``cfg`` on ``world_size`` GPUs of ``gpu_gib`` GiB (None: no GPU)."""
-    return choose_for_shape(model_shape(cfg, world_size, lengths), cfg, gpu_gib, unavailable_setups(platform))
+    return choose_for_shape(model_shape(cfg, world_size, lengths), cfg, gpu_gib, unavailable_setups(platform),
+                            ranks_memory_share(platform))
 
 
 def choose_for_shape(shape: JobShape, cfg: TrainConfig, gpu_gib: float | None,
-                     unavailable: dict[ZeroSetup, str] | None = None) -> ZeroChoice:
-    """:func:`choose` for a shape already built (:func:`model_shape`): one skeleton, many GPUs."""
-    budget = None if gpu_gib is None else auto_zero_budget(gpu_gib)
+                     unavailable: dict[ZeroSetup, str] | None, share: float) -> ZeroChoice:
+    """:func:`choose` for a shape already built (:func:`model_shape`): one skeleton, many GPUs, whose
+    allocator leaves ``share`` of their memory to the estimate (:func:`ranks_memory_share`)."""
+    budget = None if gpu_gib is None else auto_zero_budget(gpu_gib, share)
     return choose_zero(shape, budget, auto_checkpointing=cfg.gradient_checkpointing == "auto", unavailable=unavailable)
 
 
@@ -95,10 +108,10 @@ def preview(cfg: TrainConfig, world_size: int, lengths: Sequence[int] = (), plat
             sizes: Sequence[float] = PREVIEW_GIB) -> str:
     """What the ranks would choose on GPUs of each of ``sizes`` GiB: ``40 GiB: zero3, 80 GiB: zero2``."""
     shape = model_shape(cfg, world_size, lengths)
-    unavailable = unavailable_setups(platform)
+    unavailable, share = unavailable_setups(platform), ranks_memory_share(platform)
     parts = []
     for gib in sizes:
-        choice = choose_for_shape(shape, cfg, gib, unavailable)
+        choice = choose_for_shape(shape, cfg, gib, unavailable, share)
         parts.append(f"{gib:.0f} GiB: {config_name(choice.setup) or 'none'}" + ("" if choice.fits else " (does not fit)"))
     return ", ".join(parts)
 

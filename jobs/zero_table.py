@@ -17,7 +17,14 @@ from jobs.kinds import get_kind
 from jobs.micro_batch import at_micro_batch, is_auto_batch
 from jobs.micro_batch import choose_for_shape as choose_batch_for_shape
 from jobs.options import preset_kind, resolve
-from jobs.zero_choice import PREVIEW_GIB, choose_for_shape, config_name, model_shape, unavailable_setups
+from jobs.zero_choice import (
+    PREVIEW_GIB,
+    choose_for_shape,
+    config_name,
+    model_shape,
+    ranks_memory_share,
+    unavailable_setups,
+)
 from llava_core.config import TrainConfig
 from llava_core.train.micro_batch import shape_at
 from llava_core.train.zero_choice import trainable_and_frozen
@@ -54,7 +61,7 @@ def choice_table(presets: Sequence[str] = TABLE_PRESETS, gpus: Sequence[int] = (
     columns = [(n, gib) for n in gpus for gib in sizes]
     lines = ["| preset | trainable / frozen params | " + " | ".join(f"{n} x {gib:.0f} GB" for n, gib in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
-    unavailable = unavailable_setups(platform)
+    unavailable, share = unavailable_setups(platform), ranks_memory_share(platform)
     for name in presets:
         cfg = preset_config(name)
         tokens = sample_tokens and sample_tokens[0 if cfg.tune_mm_mlp_adapter else 1]
@@ -69,7 +76,7 @@ def choice_table(presets: Sequence[str] = TABLE_PRESETS, gpus: Sequence[int] = (
                 picked = choose_batch_for_shape(ranks, cfg, gib, lengths, platform, samples)
                 ranks = shape_at(ranks, lengths, picked.micro_batch, picked.accumulation, cfg.packing)
                 batch = f", {picked.micro_batch} x {picked.accumulation}"
-            choice = choose_for_shape(ranks, cfg, gib, unavailable)
+            choice = choose_for_shape(ranks, cfg, gib, unavailable, share)
             option = next(o for o in choice.options if o.setup == choice.setup)
             layers = f", {option.checkpointed_layers} ckpt" if option.checkpointed_layers else ""
             host = f", host {option.host_gib:.0f} GiB" if option.host_gib is not None else ""

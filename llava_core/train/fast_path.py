@@ -49,7 +49,7 @@ def checkpoint_layers(model: torch.nn.Module, count: int) -> None:
         layer.gradient_checkpointing = index >= len(layers) - count
 
 
-def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> dict[str, object]:
+def apply_fast_path(model: torch.nn.Module, cfg: TrainConfig, lengths: Sequence[int]) -> dict[str, object]:
     """Apply the speed options of `cfg` to `model` (after its freeze plan); returns what was done.
 
     - `packing`: the language model switches to packed varlen attention (pair it with
@@ -57,10 +57,10 @@ def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequenc
     - `bf16` without DeepSpeed: frozen weights are stored in bf16 (autocast computes in bf16
       anyway; trainable weights stay fp32 masters);
     - `gradient_checkpointing: auto`: the fewest decoder layers checkpointed so that the memory
-      estimate fits 85% of the GPU (none on a CPU);
+      estimate fits the allocator's share of the GPU (`memory.rank_memory_share`; none on a CPU);
     - `compile_layers`: each decoder layer compiled (after checkpointing is set).
     """
-    from llava_core.train.memory import auto_checkpointed_layers
+    from llava_core.train.memory import auto_checkpointed_layers, rank_memory_share
     from llava_core.train.packing import use_varlen_attention
 
     done: dict[str, object] = {}
@@ -77,7 +77,7 @@ def apply_fast_path(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequenc
     if cfg.gradient_checkpointing == "auto":
         shape = job_shape(model, cfg, lengths)
         # peft's prefix tuning refuses checkpointing: none of its layers are
-        count = 0 if cfg.peft == "prefix_tuning" else auto_checkpointed_layers(shape, local_gpu_gib())
+        count = 0 if cfg.peft == "prefix_tuning" else auto_checkpointed_layers(shape, local_gpu_gib(), rank_memory_share())
         checkpoint_layers(model, count)
         done["checkpointed_layers"] = count
         done["predicted_peak_gib"] = round(estimate_peak_memory(JobShape(**{**shape.__dict__, "checkpointed_layers": count})).total_gib, 1)

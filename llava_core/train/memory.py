@@ -64,11 +64,28 @@ ACTIVATION_CALIBRATION = 1.15
 OFFLOAD_BYTES = 16
 OFFLOAD_ACCUMULATION_BYTES = 2
 HOST_PROCESS_OVERHEAD = 15 * GIB
-# `gradient_checkpointing: auto` checkpoints the fewest layers whose estimate fits this share of the GPU
+# `gradient_checkpointing: auto` checkpoints the fewest layers whose estimate fits a share of the GPU
 # (and `--per_device_train_batch_size auto` takes its micro batch within it): the rest is the
 # allocator's cached-but-unused blocks, which packed batches of changing length fragment (8.9 GiB of
-# them when 32 x 4 ran out of memory on an H100 80GB at 68.5 GiB allocated, issue 26).
+# them when 32 x 4 ran out of memory on an H100 80GB at 68.5 GiB allocated, issue 26). With
+# expandable segments (the cuda platform's default, `cluster.platform`) the allocator grows its
+# segments in place instead of caching blocks of every size, and the share left to it is smaller.
 AUTO_CHECKPOINT_SHARE = 0.85
+EXPANDABLE_SEGMENTS_SHARE = 0.93
+ALLOC_CONF_VAR = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def memory_share(alloc_conf: str | None) -> float:
+    """The share of a GPU's memory the estimate may fill under the caching allocator's settings
+    `alloc_conf` (the ranks' `PYTORCH_CUDA_ALLOC_CONF`; None: unset)."""
+    options = {key.strip().lower(): value.strip().lower()
+               for key, _, value in (part.partition(":") for part in (alloc_conf or "").split(","))}
+    return EXPANDABLE_SEGMENTS_SHARE if options.get("expandable_segments") == "true" else AUTO_CHECKPOINT_SHARE
+
+
+def rank_memory_share() -> float:
+    """:func:`memory_share` of this process's allocator settings (on a rank: the platform's)."""
+    return memory_share(os.environ.get(ALLOC_CONF_VAR))
 
 
 @dataclass(frozen=True)
@@ -200,13 +217,13 @@ def checkpointed_layers_needed(job: JobShape, budget_gib: float) -> int | None:
     return None
 
 
-def auto_checkpointed_layers(job: JobShape, gpu_gib: float | None) -> int:
+def auto_checkpointed_layers(job: JobShape, gpu_gib: float | None, share: float) -> int:
     """The decoder layers `gradient_checkpointing: auto` checkpoints for `job` on a GPU of `gpu_gib`
-    GiB: the fewest whose estimate fits `AUTO_CHECKPOINT_SHARE` of it, all when none do; none
+    GiB: the fewest whose estimate fits `share` of it (:func:`memory_share`), all when none do; none
     without a GPU (`gpu_gib` None). The ranks and the submit-time estimate both decide here."""
     if gpu_gib is None:
         return 0
-    needed = checkpointed_layers_needed(job, AUTO_CHECKPOINT_SHARE * gpu_gib)
+    needed = checkpointed_layers_needed(job, share * gpu_gib)
     return job.layers if needed is None else needed
 
 
@@ -235,7 +252,7 @@ def _numel(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def job_shape(model: torch.nn.Module, cfg: "TrainConfig", lengths: Sequence[int]) -> JobShape:
+def job_shape(model: torch.nn.Module, cfg: TrainConfig, lengths: Sequence[int]) -> JobShape:
     """The memory-relevant shape of training `model` (after its freeze plan) per `cfg` on `lengths`."""
     from llava_core.model.freeze import part_of
     from llava_core.model.parts import base_model, is_text_only, language_model

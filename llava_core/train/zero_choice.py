@@ -5,18 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from llava_core.train.memory import (
-    AUTO_CHECKPOINT_SHARE,
     GIB,
     JobShape,
     estimate_host_memory,
     estimate_peak_memory,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
@@ -137,9 +132,10 @@ def weigh(shape: JobShape, setup: ZeroSetup, budget_gib: float | None, auto_chec
     return ZeroOption(setup, peak, host, shape.checkpointed_layers, fits=fits)
 
 
-def auto_zero_budget(gpu_gib: float) -> float:
-    """The GiB per GPU `--deepspeed auto` fills: the share `gradient_checkpointing: auto` fits too."""
-    return AUTO_CHECKPOINT_SHARE * gpu_gib
+def auto_zero_budget(gpu_gib: float, share: float) -> float:
+    """The GiB per GPU `--deepspeed auto` fills: the `share` (`memory.memory_share` of the ranks'
+    allocator) that `gradient_checkpointing: auto` fits too."""
+    return share * gpu_gib
 
 
 def choose_zero(shape: JobShape, budget_gib: float | None, auto_checkpointing: bool = False,

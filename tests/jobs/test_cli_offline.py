@@ -236,7 +236,7 @@ def test_a_bug_keeps_its_traceback():
 def test_submit_memory_estimate_uses_the_ranks_checkpointing_choice(tiny_values):
     from jobs.checks import estimate_memory_line
     from jobs.options import train_config
-    from llava_core.train.memory import JobShape, auto_checkpointed_layers, estimate_peak_memory
+    from llava_core.train.memory import AUTO_CHECKPOINT_SHARE, JobShape, auto_checkpointed_layers, estimate_peak_memory
 
     cfg = train_config({**tiny_values, "gradient_checkpointing": "auto", "output_dir": "x"})
     assert "gradient_checkpointing auto: 0 of 2 layers on a 80 GiB GPU" in estimate_memory_line(cfg, 1, [], 1, 80.0)
@@ -246,8 +246,8 @@ def test_submit_memory_estimate_uses_the_ranks_checkpointing_choice(tiny_values)
     shape = JobShape(vision_params=303_000_000, projector_params=21_000_000, llm_params=6_740_000_000, hidden=4096,
                      intermediate=11008, layers=32, kv_dim=4096, vocab=32000, train="lora", tokens=16 * 2048,
                      logit_tokens=16 * 2048, images=16, lora_params=320_000_000)
-    count = auto_checkpointed_layers(shape, 80.0)
-    assert 0 < count < 32 and auto_checkpointed_layers(shape, None) == 0
+    count = auto_checkpointed_layers(shape, 80.0, AUTO_CHECKPOINT_SHARE)
+    assert 0 < count < 32 and auto_checkpointed_layers(shape, None, AUTO_CHECKPOINT_SHARE) == 0
     fits = estimate_peak_memory(JobShape(**{**shape.__dict__, "checkpointed_layers": count})).total_gib
     assert fits <= 0.85 * 80 < estimate_peak_memory(JobShape(**{**shape.__dict__, "checkpointed_layers": count - 1})).total_gib
 

@@ -67,3 +67,18 @@ def test_the_zero_setup_changes_the_estimate():
     plain = choose_micro_batch(SHAPE, 128, LENGTHS, True, NONE, None, False)
     # the optimizer on the CPU (and bf16 weights) leaves more room for activations at every micro batch
     assert all(o.peak_gib + 10 < p.peak_gib for o, p in zip(offload.options, plain.options, strict=True))
+
+
+def test_the_share_left_to_the_estimate_follows_the_ranks_allocator(monkeypatch):
+    from jobs.zero_choice import ranks_memory_share
+    from llava_core.train.memory import AUTO_CHECKPOINT_SHARE, EXPANDABLE_SEGMENTS_SHARE, memory_share
+
+    assert memory_share(None) == memory_share("max_split_size_mb:512") == AUTO_CHECKPOINT_SHARE
+    assert memory_share("max_split_size_mb:512, expandable_segments:True") == EXPANDABLE_SEGMENTS_SHARE
+    assert memory_share("expandable_segments:False") == AUTO_CHECKPOINT_SHARE
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    # the cuda profile turns expandable segments on for every rank; rocm, dcu and cpu leave the allocator alone
+    assert ranks_memory_share("cuda") == EXPANDABLE_SEGMENTS_SHARE
+    assert ranks_memory_share("dcu") == ranks_memory_share("cpu") == AUTO_CHECKPOINT_SHARE
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")  # the user's setting wins
+    assert ranks_memory_share("cuda") == AUTO_CHECKPOINT_SHARE

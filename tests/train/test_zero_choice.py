@@ -80,8 +80,10 @@ def shapes(hub_cache) -> dict[str, JobShape]:
 def _choose(shapes, preset: str, gpus: int, gib: float) -> str:
     from jobs.zero_choice import choose_for_shape, config_name
     from jobs.zero_table import preset_config
+    from llava_core.train.memory import AUTO_CHECKPOINT_SHARE
 
-    choice = choose_for_shape(dataclasses.replace(shapes[preset], world_size=gpus), preset_config(preset), gib)
+    choice = choose_for_shape(dataclasses.replace(shapes[preset], world_size=gpus), preset_config(preset), gib, None,
+                              AUTO_CHECKPOINT_SHARE)
     return (config_name(choice.setup) or "none") + ("" if choice.fits else " (no fit)")
 
 
