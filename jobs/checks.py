@@ -99,6 +99,16 @@ def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], g
     return line
 
 
+def memory_layout_gap(cfg: TrainConfig) -> str | None:
+    """Why the memory estimate cannot measure ``cfg``'s model (None: it can): it reads LLaVA's module
+    layout (vision tower, multi_modal_projector, language_model), which Qwen-VL and Idefics3 lack."""
+    from llava_core.model.build import other_family
+    family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+    if family is None or family.llava_layout:
+        return None
+    return f"the estimate does not know {family.title}'s module layout yet"
+
+
 def check_output_dir(job_dir: Path) -> Check:
     """The job directory must be a folder (made at submit); say when it resumes."""
     if job_dir.exists() and not job_dir.is_dir():
@@ -114,9 +124,10 @@ def missing_flags(cfg: TrainConfig) -> list[str]:
 
 
 def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
-    """Locate the LLM (or LLaVA checkpoint) and the vision tower (llava_core.model.hub); the config with
-    loadable paths, or None with the reason in the failed check."""
-    from llava_core.model.build import is_text_only_run
+    """Locate the LLM (or vision-language checkpoint) and the vision tower (llava_core.model.hub); the
+    config with loadable paths, or None with the reason in the failed check: an unsupported
+    ``model_type`` names the supported families, and what a family cannot do yet names its flag."""
+    from llava_core.model.build import check_family_settings, family_notes, is_text_only_run, other_family
     from llava_core.model.hub import hub_unavailable, locate
 
     found, errors = {}, []
@@ -131,12 +142,17 @@ def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
     located = dataclasses.replace(cfg, **found)
     try:
         text_only = is_text_only_run(located)
+        family = other_family(located.model_name_or_path, located.cache_dir)
     except (OSError, ValueError) as e:
         return Check("model", FAILED, str(e)), None
+    if family is not None and (errors := check_family_settings(family, located)):
+        return Check("model", FAILED, "\n".join(errors)), None
     names = [n for n in (cfg.model_name_or_path, cfg.vision_tower) if n]
     where = [f"{n} (local cache: {p})" if p != n else n for n, p in zip(names, (located.model_name_or_path, located.vision_tower))]
     hub = "" if hub_unavailable() else "; hub reachable"
     kind = "; a causal LM without a vision part: trains text only" if text_only else ""
+    if family is not None:
+        kind = "; ".join([f"; {family.title} ({family.model_type})", *family_notes(family, located)])
     return Check("model", PASSED, ", ".join(where) + kind + hub), located
 
 
@@ -360,6 +376,8 @@ def training_checks(cfg: TrainConfig, job_dir: Path, spec: LaunchSpec, job: dict
             checks.append(Check("global batch", FAILED, str(e).split(": ", 1)[1]))
     if located is None:
         checks.append(Check("memory estimate", SKIPPED, "needs the model's configs (see the model check)"))
+    elif (gap := memory_layout_gap(located)) is not None:
+        checks.append(Check("memory estimate", SKIPPED, gap))
     elif is_auto(cfg.deepspeed):
         checks.append(Check("memory estimate", SKIPPED, "the ranks choose the ZeRO setup (see the deepspeed check)"))
     elif is_auto_batch(cfg.per_device_train_batch_size):

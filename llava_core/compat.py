@@ -240,3 +240,36 @@ def llava_image_processor_class(image_processor: Any) -> type:
     from transformers.image_processing_utils_fast import BaseImageProcessorFast
 
     return llava.LlavaImageProcessorFast if isinstance(image_processor, BaseImageProcessorFast) else llava.LlavaImageProcessor
+
+
+def stack() -> str:
+    """The library stack of this process: ``modern`` (transformers 5) or ``dcu`` (transformers 4.55)."""
+    return "modern" if TRANSFORMERS >= Version("5") else "dcu"
+
+
+def image_processor_kwargs() -> dict[str, Any]:
+    """``AutoImageProcessor.from_pretrained`` keywords for the PIL image processors, on both stacks
+    and whether torchvision is installed or not: the same pixels everywhere (the torchvision ones
+    resize slightly differently), and on 4.55 the "fast" ones call ``torch.compiler.is_compiling``,
+    which torch 2.1 lacks. transformers 5 names the choice ``backend``, 4.x ``use_fast``."""
+    return {"backend": "pil"} if TRANSFORMERS >= Version("5") else {"use_fast": False}
+
+
+def image_processor_class(name: str) -> type:
+    """transformers' image processor class ``name`` (e.g. ``CLIPImageProcessor``) in its PIL form:
+    5.x's ``<name>Pil`` (``<name>`` is the torchvision one there), 4.x's ``<name>``."""
+    if TRANSFORMERS >= Version("5") and hasattr(transformers, name + "Pil"):
+        return getattr(transformers, name + "Pil")
+    return getattr(transformers, name)
+
+
+def load_auto_processor(path: str | Path, **kwargs: Any) -> Any:
+    """``AutoProcessor.from_pretrained(path)`` with the PIL image processor (:func:`image_processor_kwargs`).
+    The keyword cannot go to AutoProcessor itself: it reaches the tokenizer too (4.x's ``use_fast=False``
+    loads the slow tokenizer)."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    if getattr(processor, "image_processor", None) is not None:
+        processor.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs, **image_processor_kwargs())
+    return processor

@@ -33,6 +33,21 @@ class SupervisedTask:
         return train(prepare_rank(self.cfg, self.platform, lengths), should_stop=should_stop, report=self.report)
 
 
+def family_of_flags(values: dict[str, Any]):
+    """The family of ``--model_name_or_path`` when it is another vision-language family than
+    LLaVA-1.5's and can be read here; None otherwise (the model check says what is wrong)."""
+    from llava_core.model.build import other_family
+    from llava_core.model.hub import locate
+
+    name = values.get("model_name_or_path")
+    if not name or values.get("vision_tower"):
+        return None
+    try:
+        return other_family(locate(str(name), "model_name_or_path", values.get("cache_dir")), values.get("cache_dir"))
+    except (OSError, ValueError):
+        return None
+
+
 def resume_step(output_dir: str) -> int:
     """The step a training run in ``output_dir`` resumes at: its newest complete checkpoint's, or 0."""
     from llava_core.train.checkpoints import last_complete_checkpoint
@@ -58,6 +73,9 @@ class TrainingKind(JobKind):
                 sub.set_default(values, name, value, "demo assets")
         values["output_dir"] = str(sub.job_dir)
         sub.origins.setdefault("output_dir", "job directory")
+        family = family_of_flags(values)
+        if family is not None and not family.llava_templates:
+            sub.set_default(values, "version", "chat_template", f"{family.title}'s prompt format")
         return values
 
     def settings(self, values: dict[str, Any]) -> TrainConfig:

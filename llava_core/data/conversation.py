@@ -265,6 +265,43 @@ def render(turns: list[Turn], fmt: str, tokenizer: PreTrainedTokenizerBase,
     raise ConversationError(f"unknown prompt format {fmt!r}")
 
 
+def as_items(text: str) -> list[dict]:
+    """A message's text in transformers' item form: ``{"type": "image"}`` where ``<image>`` stood,
+    the text between, stripped (a family's chat template writes its own image markup around it)."""
+    items: list[dict] = []
+    for i, part in enumerate(text.split(IMAGE_TOKEN)):
+        if i:
+            items.append({"type": "image"})
+        if part.strip():
+            items.append({"type": "text", "text": part.strip()})
+    return items
+
+
+def render_with_processor(turns: list[Turn], processor, add_generation_prompt: bool = False,
+                          system: str | None = None) -> tuple[str, list[Span]]:
+    """:func:`render` through a vision-language processor's own chat template (a family's prompt
+    format): messages in item form (:func:`as_items`), the image markup the template writes, and
+    the spans of the answers (each to the end of its turn, as the template closes it)."""
+    if not getattr(processor, "chat_template", None):
+        raise ConversationError(f"--version chat_template: the processor ({type(processor).__name__}) has no chat template")
+    head = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system is not None else []
+    messages = head + [{"role": r, "content": as_items(t)} for r, t in turns]
+
+    def text(upto: list[dict], prompt: bool) -> str:
+        return processor.apply_chat_template(upto, tokenize=False, add_generation_prompt=prompt)
+
+    full = text(messages, add_generation_prompt)
+    spans: list[Span] = []
+    for i, (role, _) in enumerate(turns, start=len(head)):
+        if role != "assistant":
+            continue
+        prefix, upto = text(messages[:i], True), text(messages[: i + 1], False)
+        if not (full.startswith(upto) and upto.startswith(prefix)):
+            raise ConversationError("the processor's chat template does not render conversations prefix by prefix")
+        spans.append((len(prefix), len(upto)))
+    return full, spans
+
+
 def generation_prompt(question: str, fmt: str, tokenizer: PreTrainedTokenizerBase, with_image: bool) -> str:
     """The prompt text for asking ``question`` (about one image when ``with_image``)."""
     turns = place_images([("user", question)], 1 if with_image else 0)

@@ -64,8 +64,8 @@ class LazySupervisedDataset(Dataset):
         for k in range(len(self.records)):
             rec = self.records[(i + k) % len(self.records)]
             try:
-                item: dict[str, Any] = dict(self.encoder.encode(rec))
-                if rec.images:
+                item: dict[str, Any] = dict(self.encoder.encode(rec))  # a ProcessorEncoder's holds its images
+                if rec.images and self.images is not None:
                     item["pixel_values"] = torch.stack([self.images.load(name) for name in rec.images])
                 return item
             except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -101,6 +101,45 @@ class Collator:
         if pixels:
             batch["pixel_values"] = torch.cat(pixels)
         return batch
+
+
+@dataclass
+class ProcessorCollator(Collator):
+    """:class:`Collator` for a family whose processor makes the image inputs
+    (``llava_core.data.encoding.ProcessorEncoder``): per-token type ids padded with 0, and each
+    image input of the batch combined per the family's ``image_batching``: ``cat`` (along the first
+    dimension), ``pad_patches`` (AnyRes patches padded with zeros to the batch's most, which the
+    model drops by ``image_sizes``, then along the first dimension), ``tiles`` (along the second
+    dimension: one row of every tile, whose blank padding the model drops)."""
+
+    image_batching: str = "cat"
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(items)
+        longest = batch["input_ids"].shape[1]
+        for key in ("token_type_ids", "mm_token_type_ids"):
+            if any(key in x for x in items):
+                rows = torch.zeros((len(items), longest), dtype=torch.long)
+                for b, x in enumerate(items):
+                    rows[b, : len(x["input_ids"])] = torch.tensor(x.get(key) or [0] * len(x["input_ids"]))
+                batch[key] = rows
+        inputs: dict[str, list[torch.Tensor]] = {}
+        for x in items:
+            for key, values in x.get("image_inputs", {}).items():
+                inputs.setdefault(key, []).extend(values)
+        for key, values in inputs.items():
+            batch[key] = combine_images(values, self.image_batching)
+        return batch
+
+
+def combine_images(values: list[torch.Tensor], how: str) -> torch.Tensor:
+    """One image input of a batch from its per-image tensors (see :class:`ProcessorCollator`)."""
+    if how == "tiles" and values[0].dim() >= 3:
+        return torch.cat(values, 1)
+    if how == "pad_patches" and values[0].dim() >= 3:
+        most = max(v.shape[1] for v in values)
+        values = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, most - v.shape[1])) for v in values]
+    return torch.cat(values)
 
 
 def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, image: torch.Tensor) -> dict[str, Any]:

@@ -1,9 +1,18 @@
 """A record -> input_ids and labels: prompt format rendered, the image placeholder expanded to the
-model's image tokens, everything but the answers masked.
+model's image tokens, everything but the answers masked. LLaVA-1.5 has a fixed count per image
+(:class:`Encoder`); the other families' processors expand each image by its size (AnyRes tiles,
+dynamic resolution) and are asked for it (:class:`ProcessorEncoder`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+import torch
+from PIL import Image
 
 from llava_core.data.conversation import (
     IMAGE_TOKEN,
@@ -11,6 +20,7 @@ from llava_core.data.conversation import (
     normalise_turns,
     place_images,
     render,
+    render_with_processor,
 )
 from llava_core.data.records import Record
 
@@ -71,9 +81,23 @@ class Encoder:
         self.image_id = tokenizer.get_vocab().get(IMAGE_TOKEN, -1)  # -1: a text-only model's tokenizer
         self.max_chars = 4 * max_length * max(map(len, tokenizer.get_vocab()))
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether the model takes images (a causal LM's encoder does not)."""
+        return bool(self.n_image_tokens)
+
+    @property
+    def image_identity(self) -> int | str:
+        """What the image-token expansion depends on (part of the pre-flight cache key)."""
+        return self.n_image_tokens
+
+    def _render(self, record: Record) -> tuple[str, list[tuple[int, int]]]:
+        """The record's text in the prompt format, and the character spans of its answers."""
+        return render(conversation_turns(record, self.fmt), self.fmt, self.tokenizer, system=record_system(record))
+
     def _tokens(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, which are image placeholders, which are trained (answers)."""
-        text, spans = render(conversation_turns(record, self.fmt), self.fmt, self.tokenizer, system=record_system(record))
+        text, spans = self._render(record)
         if len(text) > self.max_chars:
             raise SampleTooLong(f"{len(text)} characters: more than model_max_length {self.max_length} tokens hold "
                                 f"(at most {self.max_chars // (4 * self.max_length)} characters per token)")
@@ -108,6 +132,106 @@ class Encoder:
         repeats = np.where(image, self.n_image_tokens, 1)
         labels = np.where(target, ids, IGNORE_INDEX)
         return {"input_ids": np.repeat(ids, repeats).tolist(), "labels": np.repeat(labels, repeats).tolist()}
+
+
+class ProcessorEncoder(Encoder):
+    """Record -> input_ids, labels and the model's image inputs, for a family whose processor
+    expands each image into tokens by the image's size (AnyRes tiles, dynamic resolution, tiles).
+
+    The prompt is rendered through the processor's chat template (``--version chat_template``),
+    which writes the family's image text (``placeholder``: the processor's attribute naming it), or
+    through a LLaVA template where the family takes them (its placeholder is LLaVA's ``<image>``); each image's placeholder token is then replaced by
+    the ids the processor gives that image (its markup, e.g. tile separators, included), with the
+    image tensors and per-token type ids (``token_type_ids``, ``mm_token_type_ids``) from the same
+    call. Lengths for the pre-flight ask the processor with a blank image of each size (read from
+    the file's header, the answer kept per size).
+    """
+
+    TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+
+    def __init__(self, processor, fmt: str, max_length: int, image_folder: str | None, placeholder: str):
+        super().__init__(processor.tokenizer, fmt, 0, max_length)
+        self.processor = processor
+        self.placeholder = getattr(processor, placeholder)
+        self.image_id = self.tokenizer.convert_tokens_to_ids(self.placeholder)
+        self.folder = Path(image_folder) if image_folder else None
+        self._lengths: dict[tuple[int, int], int] = {}
+
+    @property
+    def takes_images(self) -> bool:
+        return True
+
+    @property
+    def image_identity(self) -> str:
+        settings = json.dumps([type(self.processor).__name__, self.placeholder,
+                               self.processor.image_processor.to_dict()], sort_keys=True, default=str)
+        return hashlib.sha256(settings.encode()).hexdigest()
+
+    def _render(self, record: Record) -> tuple[str, list[tuple[int, int]]]:
+        if self.fmt != "chat_template":  # a LLaVA template: families that take them have LLaVA's <image>
+            return super()._render(record)
+        return render_with_processor(conversation_turns(record, self.fmt), self.processor, system=record_system(record))
+
+    def expand(self, image: Image.Image) -> dict[str, Any]:
+        """The processor's output for one image behind its placeholder: ``input_ids`` (1, n) of its
+        tokens, per-token type ids, and its image tensors."""
+        return self.processor(text=[self.placeholder], images=[image], add_special_tokens=False, return_tensors="pt")
+
+    def image_length(self, name: str) -> int:
+        """How many tokens the image ``name`` becomes (1 when it cannot be read: the image check says why)."""
+        try:
+            with Image.open(self.folder / name) as img:
+                size = img.size
+        except (OSError, ValueError, TypeError, Image.DecompressionBombError):
+            return 1
+        if size not in self._lengths:
+            self._lengths[size] = int(self.expand(Image.new("RGB", size))["input_ids"].shape[1])
+        return self._lengths[size]
+
+    def _placed(self, record: Record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, image, target = self._tokens(record)
+        if int(image.sum()) != len(record.images):
+            raise ConversationError(f"the prompt holds {int(image.sum())} image placeholders "
+                                    f"({self.placeholder}) for {len(record.images)} images")
+        return ids, image, target
+
+    def length(self, record: Record) -> int:
+        ids, _, _ = self._placed(record)
+        n = len(ids) + sum(self.image_length(name) - 1 for name in record.images)
+        if n > self.max_length:
+            raise SampleTooLong(f"{n} tokens after image-token expansion > model_max_length {self.max_length}")
+        return n
+
+    def encode(self, record: Record) -> dict[str, Any]:
+        """Token ids, labels (answers only), per-token type ids and ``image_inputs`` (each image
+        input's tensor per image, in order); OSError when an image does not load."""
+        ids, image, target = self._placed(record)
+        labels = np.where(target, ids, IGNORE_INDEX)
+        id_parts, label_parts = [], []
+        types: dict[str, list[np.ndarray]] = {}
+        image_inputs: dict[str, list[torch.Tensor]] = {}
+        start = 0
+        for at, name in zip(np.flatnonzero(image), record.images):
+            with Image.open(self.folder / name) as img:
+                out = self.expand(img.convert("RGB"))
+            expansion = out["input_ids"][0].numpy()
+            id_parts += [ids[start:at], expansion]
+            label_parts += [labels[start:at], np.full(len(expansion), IGNORE_INDEX)]
+            for key in self.TOKEN_TYPE_KEYS:
+                if key in out:
+                    types.setdefault(key, []).extend([np.zeros(at - start, np.int64), out[key][0].numpy()])
+            for key, value in out.items():
+                if key not in ("input_ids", "attention_mask", *self.TOKEN_TYPE_KEYS):
+                    image_inputs.setdefault(key, []).append(value)
+            start = at + 1
+        id_parts.append(ids[start:])
+        label_parts.append(labels[start:])
+        item: dict[str, Any] = {"input_ids": np.concatenate(id_parts).tolist(), "labels": np.concatenate(label_parts).tolist()}
+        for key, parts in types.items():
+            item[key] = np.concatenate([*parts, np.zeros(len(ids) - start, np.int64)]).tolist()
+        if image_inputs:
+            item["image_inputs"] = image_inputs
+        return item
 
 
 def image_token_count(vision_config, strategy: str, additional_tokens: int) -> int:

@@ -72,7 +72,7 @@ def cache_inputs(data_path: str, encoder: Encoder | None, image_folder: str | No
     return {"version": VERSION, "files": [file_identity(p) for p in data_files(data_path)], "data_format": data_format,
             "tokenizer": tokenizer_identity(encoder.tokenizer) if encoder else None,
             "format": encoder.fmt if encoder else fmt, "model_max_length": encoder.max_length if encoder else None,
-            "n_image_tokens": encoder.n_image_tokens if encoder else None,
+            "n_image_tokens": encoder.image_identity if encoder else None,
             "image_folder": str(Path(image_folder).resolve()) if image_folder else None,
             "check_images": check_images, "allow_outside": allow_outside}
 

@@ -202,14 +202,17 @@ def build_tiny_parts(out: str | Path, seed: int = 0, vision_steps: int = 150) ->
     layer -2 patch features, the way a real LLaVA run starts from a pretrained CLIP.
     Returns ``llm`` and ``vision`` folders for ``--model_name_or_path`` and ``--vision_tower``.
     """
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llava_core.compat import image_processor_class
 
     out = Path(out)
     build_tiny_llm(out / "llm", seed=seed)  # seeds torch: the tower below starts from the RNG state it leaves
     vcfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                             image_size=IMAGE_SIZE, patch_size=IMAGE_SIZE // 2, projection_dim=64)
     vision = CLIPVisionModel(vcfg)
-    processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = image_processor_class("CLIPImageProcessor")(size={"shortest_edge": IMAGE_SIZE},
+                                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     acc = pretrain_vision(vision, processor, steps=vision_steps, seed=seed)
     vision.save_pretrained(out / "vision")
     processor.save_pretrained(out / "vision")

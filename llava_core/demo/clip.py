@@ -21,7 +21,9 @@ def build_tiny_clip(out: str | Path, parts: str | Path, steps: int = 100, batch:
     """Train and save the tiny CLIP to ``out`` from the demo's parts folder ``parts`` (its ``llm/``
     tokenizer and ``vision/`` tower). Returns ``out``."""
     from tokenizers.processors import TemplateProcessing
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel
+    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPVisionModel
+
+    from llava_core.compat import image_processor_class
 
     out, parts = Path(out), Path(parts)
     torch.manual_seed(seed)
@@ -33,7 +35,7 @@ def build_tiny_clip(out: str | Path, parts: str | Path, steps: int = 100, batch:
     tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)])
     tower = CLIPVisionModel.from_pretrained(parts / "vision")
-    processor = CLIPImageProcessor.from_pretrained(parts / "vision")
+    processor = image_processor_class("CLIPImageProcessor").from_pretrained(parts / "vision")
     vision = tower.config.to_dict()
     text = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
             "num_attention_heads": 4, "max_position_embeddings": 64, "bos_token_id": tokenizer.bos_token_id,

@@ -1,5 +1,6 @@
 """The model: transformers' LLaVA class, loaded from a checkpoint or assembled from a vision tower
-and an LLM with a fresh projector, or a causal LM alone (no vision part: trained text only, its
+and an LLM with a fresh projector; a checkpoint of another family of ``llava_core.model.families``
+(``AutoModelForImageTextToText``); or a causal LM alone (no vision part: trained text only, its
 tokenizer in place of the processor); its processor; a weightless skeleton; the projector in
 LLaVA's own format.
 """
@@ -14,25 +15,95 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
-    AutoProcessor,
+    AutoModelForImageTextToText,
     AutoTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedModel,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from llava_core.compat import dtype_kwargs, llava_load_kwargs
-from llava_core.config import TrainConfig
-from llava_core.data.conversation import chat_template
+from llava_core.compat import (
+    dtype_kwargs,
+    image_processor_kwargs,
+    llava_load_kwargs,
+    load_auto_processor,
+    stack,
+)
+from llava_core.config import DPOConfig, TrainConfig
+from llava_core.data.conversation import TEMPLATES, chat_template
 from llava_core.data.encoding import image_token_count, tokenizer_of
 from llava_core.data.images import image_processor_for
+from llava_core.model.families import FAMILIES, Family, UnsupportedFamily, family_of, supported
 from llava_core.model.llava_original import as_parts, is_original
 from llava_core.model.quantize import qlora_load_kwargs
 
 IMAGE_TOKEN = "<image>"
+
+
+def checkpoint_family(path: str, cache_dir: str | None = None) -> Family | None:
+    """The family of the vision-language checkpoint in ``path`` (LLaVA for LLaVA's original
+    format); None for a model that is no vision-language model (a causal LM) or whose config does
+    not load. UnsupportedFamily for a vision-language ``model_type`` that is not in the family
+    table, or whose family this library stack lacks."""
+    if is_original(path, cache_dir):
+        return FAMILIES["llava"]
+    try:
+        model_type = AutoConfig.from_pretrained(path, cache_dir=cache_dir).model_type
+    except (OSError, ValueError):
+        return None
+    if model_type in FAMILIES or model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return family_of(model_type, stack(), where=f"--model_name_or_path {path}")
+    return None
+
+
+def other_family(path: str, cache_dir: str | None = None) -> Family | None:
+    """The family of ``path`` when it is a supported vision-language family other than LLaVA-1.5's
+    (whose own code paths stay as they are), else None."""
+    family = checkpoint_family(path, cache_dir)
+    return family if family is not None and family.model_type != "llava" else None
+
+
+def check_family_settings(family: Family, cfg: TrainConfig) -> list[str]:
+    """What ``cfg`` asks of a checkpoint of ``family`` (not LLaVA-1.5) that it cannot do yet, as
+    errors naming the flag (empty: none); the notes for the run, such as padded batches in place
+    of ``--packing``, are :func:`family_notes`."""
+    name = f"{family.title} ({family.model_type})"
+    errors = []
+    if cfg.vision_tower:
+        errors.append(f"--vision_tower assembles a LLaVA-1.5 from a causal LM; {cfg.model_name_or_path} is already "
+                      f"a {name}: drop --vision_tower")
+    if cfg.pretrain_mm_mlp_adapter:
+        errors.append(f"--pretrain_mm_mlp_adapter loads LLaVA-1.5's projector file; a {name} keeps its "
+                      "projector in its checkpoint")
+    if cfg.prompt_format in TEMPLATES and not family.llava_templates:
+        errors.append(f"--version {cfg.version} is a LLaVA template; a {name} prompts with its processor's chat "
+                      "template: --version chat_template")
+    if cfg.peft:
+        errors.append(f"--peft {cfg.peft}: prompt learning is for causal LMs and LLaVA-1.5, not yet a {name}")
+    if isinstance(cfg, DPOConfig):
+        errors.append(f"dpo trains LLaVA-1.5 and causal LMs so far, not yet a {name}")
+    if not family.packs:
+        for flag in ("deepspeed", "per_device_train_batch_size"):
+            if str(getattr(cfg, flag)) == "auto":
+                errors.append(f"--{flag} auto is chosen from the memory estimate, which does not know a {name}'s "
+                              f"layout yet: give a value")
+        if cfg.gradient_checkpointing == "auto":
+            errors.append(f"--gradient_checkpointing auto is chosen from the memory estimate, which does not know a "
+                          f"{name}'s layout yet: True or False")
+    return errors
+
+
+def family_notes(family: Family, cfg: TrainConfig) -> list[str]:
+    """What a run of ``cfg`` on ``family`` does differently from what it asked, said once."""
+    if cfg.packing and not family.packs:
+        return [f"--packing: {family.title} does not pack yet, batches are padded"]
+    return []
 
 
 def is_llava_checkpoint(path: str, cache_dir: str | None = None) -> bool:
@@ -48,13 +119,14 @@ def is_llava_checkpoint(path: str, cache_dir: str | None = None) -> bool:
 def is_text_only_run(cfg: TrainConfig) -> bool:
     """True when ``cfg`` trains a causal LM alone: no ``vision_tower`` and ``model_name_or_path``
     not a LLaVA checkpoint. ValueError when that model is no causal LM either."""
-    if cfg.vision_tower or is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
+    if cfg.vision_tower or checkpoint_family(cfg.model_name_or_path, cfg.cache_dir) is not None:
         return False
     model_type = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir).model_type
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ValueError(f"--model_name_or_path {cfg.model_name_or_path!r} (model_type {model_type!r}) is neither a LLaVA "
-                         "checkpoint nor a causal LM: give a LLaVA, a causal LM (trained text only), or a causal LM "
-                         "and --vision_tower to assemble a LLaVA")
+        raise UnsupportedFamily(
+            f"--model_name_or_path {cfg.model_name_or_path!r} (model_type {model_type!r}) is neither a supported "
+            f"vision-language family ({', '.join(supported(stack()))}) nor a causal LM: give one of those, a causal LM "
+            "(trained text only), or a causal LM and --vision_tower to assemble a LLaVA")
     return True
 
 
@@ -80,10 +152,19 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
     loaded alone (``AutoModelForCausalLM``), with its tokenizer as the processor.
     """
     cfg = as_parts(cfg)
+    family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+    if family is not None:
+        errors = check_family_settings(family, cfg)
+        if errors:
+            raise ValueError("\n".join(errors))
+        model = AutoModelForImageTextToText.from_pretrained(
+            cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir,
+            attn_implementation=cfg.attn_implementation, **qlora_load_kwargs(cfg))
+        return model, as_trained(load_auto_processor(cfg.model_name_or_path, cache_dir=cfg.cache_dir), cfg)
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         model = load_llava(cfg.model_name_or_path, dtype, cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation,
                            **qlora_load_kwargs(cfg))
-        processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+        processor = load_auto_processor(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     elif is_text_only_run(cfg):
         processor = load_tokenizer(cfg, image_token=False)
         model = AutoModelForCausalLM.from_pretrained(
@@ -101,7 +182,13 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
 def as_trained(processor, cfg: TrainConfig):
     """``processor`` set up as the run ``cfg`` uses it, and as it is saved with the model (final/,
     checkpoints, exports): the prompt format's chat template and the image aspect ratio applied by
-    the image processor itself (a causal LM's tokenizer: the chat template only)."""
+    the image processor itself (a causal LM's tokenizer: the chat template only). Another family's
+    processor keeps its own image processor, and its own chat template unless a LLaVA template is
+    the prompt format."""
+    if getattr(processor, "image_processor", None) is not None and not isinstance(processor, LlavaProcessor):
+        if cfg.prompt_format in TEMPLATES:
+            processor.chat_template = chat_template(cfg.prompt_format, tokenizer_of(processor))
+        return processor
     template = chat_template(cfg.prompt_format, tokenizer_of(processor))
     if template:
         processor.chat_template = template
@@ -135,10 +222,13 @@ def _select_strategy(vision_cfg, cfg: TrainConfig) -> tuple[str, bool]:
 
 def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
     """The processor a run uses and the image tokens per image, without loading any weights (a
-    text-only run's tokenizer and 0)."""
+    text-only run's tokenizer and 0; another family's processor and 0: its images' token counts
+    depend on each image, and its processor tells them, ``llava_core.data.encoding.ProcessorEncoder``)."""
     cfg = as_parts(cfg, weights=False)
+    if other_family(cfg.model_name_or_path, cfg.cache_dir) is not None:
+        return as_trained(load_auto_processor(cfg.model_name_or_path, cache_dir=cfg.cache_dir), cfg), 0
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
-        processor = AutoProcessor.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
+        processor = load_auto_processor(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
         vision_cfg, strategy = config.vision_config, config.vision_feature_select_strategy
     elif is_text_only_run(cfg):
@@ -148,7 +238,8 @@ def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
         vision_cfg = _vision_config(cfg)
         strategy, has_cls = _select_strategy(vision_cfg, cfg)
         processor = LlavaProcessor(
-            image_processor=AutoImageProcessor.from_pretrained(cfg.vision_tower, cache_dir=cfg.cache_dir),
+            image_processor=AutoImageProcessor.from_pretrained(cfg.vision_tower, cache_dir=cfg.cache_dir,
+                                                               **image_processor_kwargs()),
             tokenizer=tokenizer,
             patch_size=vision_cfg.patch_size,
             vision_feature_select_strategy=strategy,
@@ -199,6 +290,10 @@ def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration | PreTrainedMode
     """The run's model on the meta device, from configs only (no weights): for size and memory
     estimates (a causal LM for a text-only run)."""
     cfg = as_parts(cfg, weights=False)
+    if other_family(cfg.model_name_or_path, cfg.cache_dir) is not None:
+        with torch.device("meta"):
+            return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(cfg.model_name_or_path,
+                                                                                      cache_dir=cfg.cache_dir))
     if is_llava_checkpoint(cfg.model_name_or_path, cfg.cache_dir):
         config = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
     elif is_text_only_run(cfg):
@@ -269,14 +364,17 @@ def load_for_inference(path: str, dtype: torch.dtype = torch.float32) -> tuple[L
 
 
 def load_saved_processor(path: str | Path, model_dir: str | Path | None = None):
-    """The processor saved in ``path`` (a LLaVA's), or the tokenizer (a causal LM's); which of the
-    two is read from the model's config in ``model_dir`` (default ``path``)."""
-    llava = is_llava_checkpoint(str(model_dir or path))
-    return AutoProcessor.from_pretrained(path) if llava else AutoTokenizer.from_pretrained(path)
+    """The processor saved in ``path`` (a vision-language model's), or the tokenizer (a causal LM's);
+    which of the two is read from the model's config in ``model_dir`` (default ``path``)."""
+    vlm = checkpoint_family(str(model_dir or path)) is not None
+    return load_auto_processor(path) if vlm else AutoTokenizer.from_pretrained(path)
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = torch.float32, **kwargs: Any) -> PreTrainedModel:
-    """The HF-format model in ``path``: a LLaVA (:func:`load_llava`) or a causal LM without a vision part."""
+    """The HF-format model in ``path``: a LLaVA (:func:`load_llava`), a model of another family
+    (``AutoModelForImageTextToText``) or a causal LM without a vision part."""
+    if other_family(str(path)) is not None:
+        return AutoModelForImageTextToText.from_pretrained(path, **dtype_kwargs(dtype), **kwargs)
     if is_llava_checkpoint(str(path)):
         return load_llava(path, dtype, **kwargs)
     return AutoModelForCausalLM.from_pretrained(path, **dtype_kwargs(dtype), **kwargs)

@@ -8,20 +8,22 @@ import re
 import torch
 
 from llava_core.config import TrainConfig
+from llava_core.model.families import FAMILIES, Family
 from llava_core.model.lora import wrap_lora, wrap_prompt_learning
-from llava_core.model.parts import PARTS, is_text_only
+from llava_core.model.parts import is_text_only, model_family
 
 
-def part_of(name: str, text_only: bool = False) -> str:
-    """Which named part a parameter belongs to ('lora' for adapter weights, 'prompt' for a peft
-    prompt encoder's); in a ``text_only`` model (a causal LM) everything but lm_head is 'llm'."""
+def part_of(name: str, text_only: bool = False, family: Family | None = None) -> str:
+    """Which named part a parameter of ``family`` (LLaVA by default) belongs to ('lora' for adapter
+    weights, 'prompt' for a peft prompt encoder's); in a ``text_only`` model (a causal LM)
+    everything but lm_head is 'llm'."""
     if "lora_" in name:
         return "lora"
     if "prompt_encoder." in name:
         return "prompt"
-    for part, key in PARTS.items():
-        if key in name:
-            return part
+    part = (family or FAMILIES["llava"]).part_of(name)
+    if part is not None:
+        return part
     return "llm" if text_only else "other"
 
 
@@ -80,8 +82,9 @@ def apply_freeze_plan(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Modu
     parts = trainable_parts(cfg) - ({"projector", "vision_tower"} if text_only else set())
     if cfg.lora_enable and not cfg.tune_mm_mlp_adapter:
         return wrap_lora(model, cfg, parts)
+    family = model_family(model)
     for name, p in model.named_parameters():
-        p.requires_grad = part_of(name, text_only) in parts
+        p.requires_grad = part_of(name, text_only, family) in parts
     return model
 
 
@@ -90,12 +93,13 @@ def parameter_report(model: torch.nn.Module) -> list[tuple[str, int, int]]:
     rows: dict[str, list[int]] = {}
     seen: set[int] = set()
     text_only = is_text_only(model)
+    family = model_family(model)
     for name, p in model.named_parameters():
         if id(p) in seen:
             continue
         seen.add(id(p))
         n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-        r = rows.setdefault(part_of(name, text_only), [0, 0])
+        r = rows.setdefault(part_of(name, text_only, family), [0, 0])
         r[1] += n
         if p.requires_grad:
             r[0] += n

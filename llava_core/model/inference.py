@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor
 
+from llava_core.compat import load_auto_processor
 from llava_core.config import TrainConfig
 from llava_core.data.conversation import generation_prompt, place_images, render
 from llava_core.data.encoding import tokenizer_of
@@ -102,7 +102,7 @@ def _load(path: str | Path, dtype: torch.dtype, bits: int):
         return load_pretrained(p, dtype, **quantized).eval(), load_saved_processor(p)
     if any((p / f).is_file() for f in _PROCESSOR_FILES):
         if quantized:
-            return load_llava(p, dtype, **quantized).eval(), AutoProcessor.from_pretrained(p)
+            return load_llava(p, dtype, **quantized).eval(), load_auto_processor(p)
         return load_for_inference(str(p), dtype)
     # a Trainer checkpoint keeps the weights but not the image processor: take the run's
     processor_dir = next((d for d in (p.parent / "final", p.parent / "adapter")
@@ -110,7 +110,7 @@ def _load(path: str | Path, dtype: torch.dtype, bits: int):
     if processor_dir is None:
         raise FileNotFoundError(f"{p}: no processor files here or in the run's final/ or adapter/")
     model = load_llava(p, dtype, **quantized)
-    return model.eval(), AutoProcessor.from_pretrained(processor_dir)
+    return model.eval(), load_auto_processor(processor_dir)
 
 
 def load_on_device(path: str | Path, dtype: str = "auto", load_in_8bit: bool = False,
@@ -183,5 +183,5 @@ def _adapter_base(adapter: Path, dtype: torch.dtype):
                          "there is no run config.yaml beside it")
     model, processor = load_for_inference(locate(base, "base_model_name_or_path"), dtype)
     if any((adapter / f).is_file() for f in _PROCESSOR_FILES):
-        processor = AutoProcessor.from_pretrained(adapter)
+        processor = load_auto_processor(adapter)
     return model, processor

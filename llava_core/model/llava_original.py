@@ -181,9 +181,11 @@ def _parts_folder(folder: Path, config: dict[str, Any], tower: str, weights: boo
         if tower_weights:
             from transformers import AutoConfig, AutoImageProcessor
 
+            from llava_core.compat import image_processor_kwargs
+
             vision = AutoConfig.from_pretrained(tower)
             write_tower(tmp / "vision_tower", getattr(vision, "vision_config", None) or vision,
-                        AutoImageProcessor.from_pretrained(tower), tower_weights)
+                        AutoImageProcessor.from_pretrained(tower, **image_processor_kwargs()), tower_weights)
         if target.exists() and not _complete(target):  # left over, its files since removed
             shutil.rmtree(target, ignore_errors=True)
         try:

@@ -9,16 +9,37 @@ import torch
 from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
 from llava_core.config import TrainConfig
-from llava_core.model.parts import PARTS, is_text_only
+from llava_core.model.families import FAMILIES
+from llava_core.model.parts import is_text_only, model_family
 
 
 def lora_target_regex(model: LlavaForConditionalGeneration | PreTrainedModel) -> str:
-    """A regex for every nn.Linear inside the language model (never the vision tower, projector
-    or lm_head); in a causal LM without a vision part, every nn.Linear but lm_head."""
+    """A regex for every nn.Linear inside the parts the model's family lets LoRA wrap (its
+    language model: never the vision tower, projector or lm_head); in a causal LM without a vision
+    part, every nn.Linear but lm_head."""
     text_only = is_text_only(model)
-    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and (PARTS["llm"] in n or text_only and "." in n)})
-    return (r".*\." if text_only else r".*language_model\..*\.") + "(" + "|".join(map(re.escape, leaves)) + r")$"
+    family = model_family(model) or FAMILIES["llava"]
+    fragments = [f for part in sorted(family.lora_parts) for f in family.fragments(part)]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                     and (text_only and "." in n or not text_only and family.part_of(n + ".") in family.lora_parts)})
+    if text_only:
+        return r".*\.(" + "|".join(map(re.escape, leaves)) + r")$"
+    inside = "|".join(re.escape(f[:-1]) for f in fragments)
+    return (r".*" + (inside if len(fragments) == 1 else f"(?:{inside})") + r"\..*\.("
+            + "|".join(map(re.escape, leaves)) + r")$")
+
+
+def modules_to_save(model: torch.nn.Module, parts: set[str]) -> list[str]:
+    """peft's ``modules_to_save`` for the ``parts`` that train in full beside LoRA (projector,
+    vision tower), by the module names of the model's family; a projector inside the vision tower
+    (Qwen-VL's merger) is saved with the tower."""
+    family = model_family(model) or FAMILIES["llava"]
+    names = [name for part in sorted(parts) if part in family.modules for name in family.modules[part]]
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    nested = any(p.startswith(v) for p in family.fragments("projector") for v in family.fragments("vision_tower"))
+    if "vision_tower" in parts and nested:
+        names = [n for n in names if n not in family.modules["projector"]]
+    return [n for n in names if n in present]
 
 
 def wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torch.nn.Module:
@@ -26,7 +47,7 @@ def wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torc
 
     if cfg.bits != 16:  # QLoRA: norms and the unquantized parts in fp32, as LLaVA (checkpointing: train.py)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    to_save = [{"projector": "multi_modal_projector", "vision_tower": "vision_tower"}[p] for p in sorted(parts)]
+    to_save = modules_to_save(model, parts)
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias=cfg.lora_bias,
                         target_modules=lora_target_regex(model), modules_to_save=to_save or None)
     return get_peft_model(model, config)

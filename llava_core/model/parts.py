@@ -1,18 +1,19 @@
 """The model's parts by name: module prefixes of the vision tower, projector, language model and
-lm_head; the language model itself, its text configs and decoder layers. A causal LM without a
-vision part (``AutoModelForCausalLM``, trained text only) has the parts ``llm`` and ``lm_head``.
+lm_head (per family: ``llava_core.model.families``); the language model itself, its text configs
+and decoder layers. A causal LM without a vision part (``AutoModelForCausalLM``, trained text only)
+has the parts ``llm`` and ``lm_head``.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from transformers import PreTrainedModel
 
-PARTS = {
-    "vision_tower": "vision_tower.",
-    "projector": "multi_modal_projector.",
-    "llm": "language_model.",
-    "lm_head": "lm_head.",
-}
+from llava_core.model.families import FAMILIES, Family, family_of
+
+PARTS = dict(FAMILIES["llava"].parts)
+"""LLaVA's parts: part -> module-name fragment."""
 
 
 def base_model(model: torch.nn.Module) -> PreTrainedModel:
@@ -25,11 +26,19 @@ def is_text_only(model: torch.nn.Module) -> bool:
     return getattr(base_model(model).config, "vision_config", None) is None
 
 
+def model_family(model: torch.nn.Module) -> Family | None:
+    """The family of a (possibly PEFT-wrapped) vision-language model; None for a causal LM."""
+    if is_text_only(model):
+        return None
+    return family_of(base_model(model).config.model_type)
+
+
 def language_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The language model (decoder stack) of a (possibly PEFT-wrapped) Llava model or causal LM."""
+    """The language model (decoder stack) of a (possibly PEFT-wrapped) vision-language model or causal LM."""
     outer = base_model(model)
-    if type(outer).__name__.endswith("ForConditionalGeneration") and hasattr(outer, "model"):
-        return outer.model.language_model
+    family = model_family(outer)
+    if family is not None:
+        return functools.reduce(getattr, family.language_model.split("."), outer)
     if is_text_only(outer) and hasattr(outer, outer.base_model_prefix):
         return getattr(outer, outer.base_model_prefix)
     raise ValueError(f"no language model found in {type(outer).__name__}")

@@ -5,6 +5,7 @@ process needs none of them.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -14,6 +15,7 @@ from transformers import set_seed
 from llava_core.config import TrainConfig
 from llava_core.model.build import (
     build_model,
+    family_notes,
 )
 from llava_core.model.freeze import (
     apply_freeze_plan,
@@ -21,6 +23,7 @@ from llava_core.model.freeze import (
     parameter_report,
     plan_name,
 )
+from llava_core.model.parts import model_family
 from llava_core.train.callbacks import MetricsCallback, NothingLeftToTrain, StepLimit, StopCallback
 from llava_core.train.checkpoints import CompletionCallback, agreed_resume_checkpoint, read_run_id
 from llava_core.train.environment import (
@@ -89,6 +92,13 @@ def run_training(cfg: TrainConfig, recipe: Recipe, should_stop: Callable[[], boo
     # partitions the finished model when the Trainer initialises it.
     set_seed(cfg.seed)  # the new projector and embedding rows are random: the same seed, the same start
     model, processor = build_model(cfg)
+    family = model_family(model)
+    if family is not None and family.model_type != "llava":
+        for note in family_notes(family, cfg):
+            if is_main():
+                print(note, flush=True)
+        if not family.packs:
+            cfg = dataclasses.replace(cfg, packing=False)
     args = training_arguments(cfg, cpu_state)
     model.config.use_cache = False
     model = apply_freeze_plan(model, cfg)

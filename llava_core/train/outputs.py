@@ -19,6 +19,8 @@ from llava_core.model.build import (
     load_llava,
     projector_state_llava_format,
 )
+from llava_core.model.families import FAMILIES
+from llava_core.model.parts import model_family
 from llava_core.train.environment import barrier, is_main
 
 
@@ -49,7 +51,7 @@ def save_final(trainer: Trainer, cfg: TrainConfig, processor, skipped_at_load: i
         else:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-        if cfg.tune_mm_mlp_adapter:
+        if cfg.tune_mm_mlp_adapter and model_family(trainer.model) in (None, FAMILIES["llava"]):
             saved = load_llava(final)
             state = projector_state_llava_format(saved)
             with atomic_file(out / "mm_projector.bin") as tmp:

@@ -13,14 +13,17 @@ from llava_core.config import TrainConfig
 from llava_core.data.dataset import (
     Collator,
     LazySupervisedDataset,
+    ProcessorCollator,
 )
-from llava_core.data.encoding import Encoder, n_image_tokens, tokenizer_of
+from llava_core.data.encoding import Encoder, ProcessorEncoder, n_image_tokens, tokenizer_of
 from llava_core.data.formats import read_records
 from llava_core.data.images import ImageLoader
 from llava_core.data.validation import ValidationReport, validate
 from llava_core.model.build import (
     load_processor,
+    other_family,
 )
+from llava_core.model.families import FAMILIES, Family
 from llava_core.train.environment import is_main
 from llava_core.train.loop import TrainResult, run_training
 from llava_core.train.packing import PackingCollator, packed_causal_lm_loss
@@ -41,11 +44,24 @@ def validate_data(cfg: TrainConfig, processor=None, n_image_tokens: int | None =
 
     if processor is None:
         processor, n_image_tokens = load_processor(cfg)
-    encoder = Encoder(tokenizer_of(processor), cfg.prompt_format, n_image_tokens, cfg.model_max_length)
-    image_folder = cfg.image_folder if n_image_tokens else None  # a text-only model takes no image
+    encoder = make_encoder(cfg, processor, n_image_tokens, other_family(cfg.model_name_or_path, cfg.cache_dir))
+    image_folder = cfg.image_folder if encoder.takes_images else None  # a text-only model takes no image
     return preflight(cfg.data_path, encoder, image_folder, cfg.check_images, cfg.prompt_format,
                      cfg.allow_images_outside_folder, workers=workers, cache=cache, progress=progress,
                      data_format=cfg.data_format)
+
+
+def make_encoder(cfg: TrainConfig, processor, n_image_tokens: int, family: Family | None) -> Encoder:
+    """The run's record encoder: LLaVA-1.5's (``n_image_tokens`` per image; 0 for a causal LM) or,
+    for another ``family``, one that asks its processor (:class:`ProcessorEncoder`)."""
+    if family is None or family.model_type == "llava":
+        return Encoder(tokenizer_of(processor), cfg.prompt_format, n_image_tokens, cfg.model_max_length)
+    return ProcessorEncoder(processor, cfg.prompt_format, cfg.model_max_length, cfg.image_folder, family.placeholder)
+
+
+def config_family(model_config) -> Family | None:
+    """The family of a model config (None: a causal LM's)."""
+    return FAMILIES.get(model_config.model_type) if getattr(model_config, "vision_config", None) is not None else None
 
 
 def prepare_data(cfg: TrainConfig, model_config, processor,
@@ -56,8 +72,11 @@ def prepare_data(cfg: TrainConfig, model_config, processor,
     if isinstance(report, (str, os.PathLike)):
         report = ValidationReport.load(report)
     records = read_records(cfg.data_path, cfg.data_format)
-    encoder = Encoder(tokenizer_of(processor), cfg.prompt_format, n_image_tokens(model_config, processor), cfg.model_max_length)
-    images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio) if encoder.n_image_tokens else None
+    family = config_family(model_config)
+    tokens = n_image_tokens(model_config, processor) if family is None or family.model_type == "llava" else 0
+    encoder = make_encoder(cfg, processor, tokens, family)
+    images = (ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
+              if encoder.n_image_tokens else None)
     if report is None:
         report = validate(records, encoder, images, cfg.check_images, allow_outside=cfg.allow_images_outside_folder)
     elif report.total != len(records):
@@ -87,7 +106,10 @@ class SupervisedRecipe:
 
     def collator(self, cfg: TrainConfig, processor) -> Callable:
         pad_id = tokenizer_of(processor).pad_token_id
-        return PackingCollator(pad_id, max_segment_length=cfg.model_max_length) if cfg.packed else Collator(pad_id)
+        if cfg.packed:
+            return PackingCollator(pad_id, max_segment_length=cfg.model_max_length)
+        family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+        return ProcessorCollator(pad_id, family.image_batching) if family is not None else Collator(pad_id)
 
     def trainer_kwargs(self, cfg: TrainConfig) -> dict[str, Any]:
         return {"compute_loss_func": packed_causal_lm_loss if cfg.packed else None}

@@ -3,11 +3,13 @@ LLaVA weights, a blank image on ranks without one, and its TrainingArguments.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llava_core.compat import (
     checkpointing_kwargs,
@@ -25,7 +27,8 @@ from llava_core.data.encoding import n_image_tokens
 from llava_core.model.build import (
     load_pretrained,
 )
-from llava_core.model.parts import is_text_only
+from llava_core.model.families import FAMILIES
+from llava_core.model.parts import is_text_only, model_family
 
 PROMPT_ENCODER_STATE = "prompt_encoder_state.pt"
 """A P-tuning checkpoint's prompt encoder weights (peft's adapter file holds only its output)."""
@@ -67,12 +70,36 @@ class LlavaTrainer(Trainer):
         # the writer alone: the other ranks' copies raced rank 0's writes and fsync walk of the folder
         if self.processing_class is not None and self.args.should_save:  # readable by both library stacks
             save_portable(self.processing_class, output_dir or self.args.output_dir)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        self.save_prompt_learning(output_dir or self.args.output_dir)
+
+    def save_prompt_learning(self, output_dir: str) -> None:
+        """A prompt-learning run's part of a save, on every rank. peft saves the adapter as the prompt
+        encoder's output, which rank 0 computes in its save; under ZeRO-3 that forward gathers the
+        encoder's parameters from every rank, so the others join it through the same save (writing
+        nothing). P-tuning also writes the encoder itself (a resume goes on training from it),
+        gathered from every rank under ZeRO-3."""
         peft_model = self.accelerator.unwrap_model(self.model)
         config = getattr(peft_model, "active_peft_config", None)
-        if self.args.should_save and config is not None and config.peft_type.value == "P_TUNING":
-            # peft saves a P-tuning adapter as the prompt encoder's output (what inference needs); a resume
-            # needs the encoder itself to go on training exactly
-            torch.save(peft_model.prompt_encoder.state_dict(), Path(output_dir or self.args.output_dir) / PROMPT_ENCODER_STATE)
+        if config is None or not config.is_prompt_learning:
+            return
+        zero3 = self.is_deepspeed_enabled and is_deepspeed_zero3_enabled()
+        if zero3 and not self.args.should_save:
+            peft_model.save_pretrained(output_dir, is_main_process=False)
+        if config.peft_type.value != "P_TUNING":
+            return
+        if zero3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(peft_model.prompt_encoder.parameters()), modifier_rank=None)
+        else:
+            gathered = nullcontext()
+        with gathered:
+            state = {name: tensor.detach().clone() for name, tensor in peft_model.prompt_encoder.state_dict().items()}
+        if self.args.should_save:
+            torch.save(state, Path(output_dir) / PROMPT_ENCODER_STATE)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)
@@ -116,13 +143,15 @@ class LlavaTrainer(Trainer):
         decay = set(self.get_decay_parameter_names(model))
         cfg = self.llava_cfg
         groups: dict[tuple, list] = {}
+        family = model_family(model) or FAMILIES["llava"]
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
             lr = None
-            if "multi_modal_projector" in name and cfg.mm_projector_lr is not None:
+            part = family.part_of(name)
+            if part == "projector" and cfg.mm_projector_lr is not None:
                 lr = cfg.mm_projector_lr
-            elif "vision_tower" in name and cfg.mm_vision_tower_lr is not None:
+            elif part == "vision_tower" and cfg.mm_vision_tower_lr is not None:
                 lr = cfg.mm_vision_tower_lr
             groups.setdefault((lr, name in decay), []).append(p)
         params = []

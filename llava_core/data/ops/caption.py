@@ -38,14 +38,14 @@ class Captioner:
         self.n, self.max_new_tokens, self.temperature = num_candidates, max_new_tokens, temperature
         self.blip2 = is_blip2(model)
         if self.blip2:
-            from transformers import AutoProcessor, Blip2ForConditionalGeneration
+            from transformers import Blip2ForConditionalGeneration
 
-            from llava_core.compat import dtype_kwargs
+            from llava_core.compat import dtype_kwargs, load_auto_processor
             from llava_core.model.hub import locate
 
             path = locate(model, "model")
             self.model = Blip2ForConditionalGeneration.from_pretrained(path, **dtype_kwargs(dtype)).to(device).eval()
-            self.processor = AutoProcessor.from_pretrained(path)
+            self.processor = load_auto_processor(path)
         else:
             from llava_core.model.inference import load_model
 

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from llava_core.compat import dtype_kwargs
+from llava_core.compat import dtype_kwargs, image_processor_kwargs
 from llava_core.data.conversation import IMAGE_TOKEN
 
 _SPACES = re.compile(r"\s+")
@@ -43,7 +43,7 @@ class ClipScorer:
         self.model = AutoModel.from_pretrained(model, **dtype_kwargs(dtype)).to(device).eval()
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
             raise ValueError(f"--model {model}: a {type(self.model).__name__}, not a CLIP or SigLIP model")
-        self.images = AutoImageProcessor.from_pretrained(model)
+        self.images = AutoImageProcessor.from_pretrained(model, **image_processor_kwargs())
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.device, self.dtype = device, dtype
         text_config = self.model.config.text_config

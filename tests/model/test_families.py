@@ -1,0 +1,135 @@
+"""The family table (``llava_core.model.families``) and each family's tiny model: parts, LoRA
+targets, image tokens asked of the processor, and ``jobs.submit finetune`` on the saved folder
+(full and LoRA), its ``final/`` loading with ``AutoModelForImageTextToText`` + ``AutoProcessor``
+and generating."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from jobs.cli import CommandFailed
+from jobs.submit import submit_job
+from llava_core.compat import load_auto_processor, stack
+from llava_core.data.dataset import ProcessorCollator
+from llava_core.data.encoding import IGNORE_INDEX, ProcessorEncoder
+from llava_core.data.formats import read_records
+from llava_core.demo.families import BUILDERS, build_tiny_family, write_family_data
+from llava_core.model.families import FAMILIES, UnsupportedFamily, family_of
+from llava_core.model.freeze import part_of
+from llava_core.model.lora import lora_target_regex, modules_to_save
+
+HERE = [t for t in BUILDERS if stack() in FAMILIES[t].stacks]
+
+
+@pytest.fixture(scope="module")
+def family_data(tmp_path_factory) -> dict[str, str]:
+    return write_family_data(tmp_path_factory.mktemp("family_data"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in built:
+            built[model_type] = build_tiny_family(model_type, root / model_type)
+        return built[model_type]
+    return get
+
+
+def test_every_family_in_the_table_has_its_tiny_model_and_an_unknown_type_names_the_supported():
+    assert set(BUILDERS) <= set(FAMILIES)
+    with pytest.raises(UnsupportedFamily, match="paligemma.*supported are llava, llava_next, llava_onevision, qwen2_vl"):
+        family_of("paligemma")
+    with pytest.raises(UnsupportedFamily, match="not available on the dcu stack"):
+        family_of("qwen3_vl", "dcu")
+    qwen = FAMILIES["qwen2_5_vl"]
+    assert qwen.part_of("model.visual.merger.mlp.0.weight") == "projector"
+    assert qwen.part_of("model.visual.blocks.0.attn.qkv.weight") == "vision_tower"
+    assert qwen.part_of("base_model.model.model.visual.modules_to_save.default.merger.mlp.0.weight") == "projector"
+    assert part_of("model.language_model.layers.0.mlp.up_proj.weight", family=qwen) == "llm"
+
+
+@pytest.mark.parametrize("model_type", HERE)
+def test_parts_lora_targets_and_image_tokens_come_from_the_family(model_type, tiny, family_data):
+    from transformers import AutoModelForImageTextToText
+
+    family = FAMILIES[model_type]
+    model = AutoModelForImageTextToText.from_pretrained(tiny(model_type))
+    parts = {part_of(n, family=family) for n, _ in model.named_parameters()}
+    assert {"vision_tower", "projector", "llm"} <= parts and "other" not in parts - {"lm_head"}, parts
+    regex = lora_target_regex(model)
+    assert all(family.part_of(n + ".") == "llm" for n, _ in model.named_modules() if __import__("re").fullmatch(regex, n))
+    assert modules_to_save(model, {"projector"}) and modules_to_save(model, {"projector", "vision_tower"})
+
+    processor = load_auto_processor(tiny(model_type))
+    encoder = ProcessorEncoder(processor, "chat_template", 2048, family_data["image_folder"], family.placeholder)
+    records = read_records(family_data["data_path"])
+    items, counts = [], set()
+    for record in records[:4] + records[-1:]:
+        item = encoder.encode(record)
+        assert encoder.length(record) == len(item["input_ids"])  # the pre-flight's length is the trained one
+        if record.images:  # the processor on the whole prompt gives the same ids
+            text, _ = encoder._render(record)
+            with Image.open(Path(family_data["image_folder"]) / record.images[0]) as img:
+                full = processor(text=[text], images=[img.convert("RGB")], add_special_tokens=False)
+            assert list(full["input_ids"][0]) == item["input_ids"]
+            counts.add(len(item["input_ids"]) - len(encoder._tokens(record)[0]))
+        trained = [t for t, label in zip(item["input_ids"], item["labels"]) if label != IGNORE_INDEX]
+        assert trained and encoder.image_id not in trained
+        items.append(item)
+    if model_type not in ("gemma3",):  # images of other sizes, other token counts (AnyRes, dynamic resolution)
+        assert len(counts) > 1, counts
+    batch = ProcessorCollator(processor.tokenizer.pad_token_id, family.image_batching)(items)
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+
+
+def test_an_unsupported_model_type_fails_at_submit_naming_the_families(tmp_path, family_data, capsys):
+    from transformers import PaliGemmaConfig
+
+    PaliGemmaConfig().save_pretrained(tmp_path / "pali")
+    with pytest.raises(CommandFailed):
+        submit_job("finetune", model_name_or_path=str(tmp_path / "pali"), **family_data, executor="local",
+                   dry_run=True, output_dir=str(tmp_path / "j"), report_to="none")
+    out = capsys.readouterr().out
+    assert "model: [failed]" in out and "(model_type 'paligemma') is not a supported model family: supported are llava" in out
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", HERE)
+def test_finetune_full_and_lora_through_submit_and_final_generates(model_type, tiny, family_data, tmp_path, capsys):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    family = FAMILIES[model_type]
+    common = {"model_name_or_path": str(tiny(model_type)), **family_data, "executor": "local", "max_steps": 3,
+              "per_device_train_batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.0, "model_max_length": 512,
+              "report_to": "none", "save_steps": 3, "logging_steps": 1, "packing": True}
+    for name, extra in (("full", {}), ("lora", {"lora_enable": True, "lora_r": 4, "lora_alpha": 8})):
+        run = tmp_path / name
+        submit_job("finetune", output_dir=str(run), **common, **extra)
+        out = capsys.readouterr().out
+        assert f"model: [passed] {tiny(model_type)}; {family.title} ({model_type})" in out
+        assert f"--packing: {family.title} does not pack yet, batches are padded" in out
+        assert len(losses(run)) == 3 and all(torch.isfinite(torch.tensor(losses(run))))
+        log = (run / "logs" / "rank0.log").read_text()
+        assert "projector " in log and "vision_tower " in log and ("lora " in log) == (name == "lora")
+
+        final = run / "final"
+        model = AutoModelForImageTextToText.from_pretrained(final).eval()
+        processor = AutoProcessor.from_pretrained(final)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=[Image.new("RGB", (48, 32), (200, 30, 30))], return_tensors="pt",
+                           add_special_tokens=False)
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
