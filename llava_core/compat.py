@@ -273,3 +273,20 @@ def load_auto_processor(path: str | Path, **kwargs: Any) -> Any:
     if getattr(processor, "image_processor", None) is not None:
         processor.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs, **image_processor_kwargs())
     return processor
+
+
+def tokenizer_class(family_tokenizer: str | None) -> type:
+    """The class a tokenizer built here from a ``tokenizers`` object takes: 4.x's processors check
+    their tokenizer's class (Qwen-VL's wants ``Qwen2TokenizerFast``, Gemma 3's ``GemmaTokenizerFast``),
+    5.x's take the generic fast tokenizer (its family classes build their own vocabulary)."""
+    if TRANSFORMERS >= Version("5") or family_tokenizer is None:
+        return transformers.PreTrainedTokenizerFast
+    return getattr(transformers, family_tokenizer + "Fast")
+
+
+def mrope_kwargs(section: list[int], theta: float = 10000.0) -> dict[str, Any]:
+    """A Qwen-VL text config's 3-D rotary positions (mRoPE, ``section``: the rotary half-dims per
+    temporal, height and width): 5.x's ``rope_parameters``, 4.x's ``rope_scaling`` and ``rope_theta``."""
+    if TRANSFORMERS >= Version("5"):
+        return {"rope_parameters": {"rope_type": "default", "mrope_section": section, "rope_theta": theta}}
+    return {"rope_scaling": {"type": "mrope", "mrope_section": section}, "rope_theta": theta}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from llava_core.compat import image_processor_class, save_portable
+from llava_core.compat import image_processor_class, mrope_kwargs, save_portable, tokenizer_class
 from llava_core.demo.assets import caption, corpus, draw, random_scene
 from llava_core.io import atomic_write_json
 
@@ -71,11 +71,12 @@ def mistral(image: str) -> str:
             "{% endfor %}")
 
 
-def tiny_tokenizer(specials: list[str], extra: dict[str, str] | None = None, template: str | None = None):
+def tiny_tokenizer(specials: list[str], extra: dict[str, str] | None = None, template: str | None = None,
+                   family_class: str | None = None):
     """A byte-level BPE tokenizer trained here on the demo's text, with the family's special tokens
-    (``extra``: those a processor reads as attributes, e.g. ``image_token``)."""
+    (``extra``: those a processor reads as attributes, e.g. ``image_token``), of the class the
+    family's processor takes (``family_class``, ``compat.tokenizer_class``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -83,7 +84,7 @@ def tiny_tokenizer(specials: list[str], extra: dict[str, str] | None = None, tem
     tok.train_from_iterator(corpus(n=100), trainers.BpeTrainer(
         vocab_size=600, special_tokens=BASE_SPECIALS + specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    return tokenizer_class(family_class)(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", model_max_length=2048, extra_special_tokens=extra or {},
                                    chat_template=template)
 
@@ -138,20 +139,18 @@ def _qwen_ids(tokenizer) -> dict[str, int]:
     return {"image_token_id": image, "video_token_id": video, "vision_start_token_id": start, "vision_end_token_id": end}
 
 
-MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
-
-
 def qwen2_5_vl() -> tuple[Any, Any]:
     """Qwen2.5-VL: a windowed ViT (patch 4, 2 x 2 merge) at 16 x 16 to 64 x 64 pixels, 3-D mRoPE."""
     import transformers as t
 
-    tokenizer = tiny_tokenizer(QWEN_SPECIALS, QWEN_EXTRA, chatml("<|vision_start|><|image_pad|><|vision_end|>"))
+    tokenizer = tiny_tokenizer(QWEN_SPECIALS, QWEN_EXTRA, chatml("<|vision_start|><|image_pad|><|vision_end|>"),
+                               "Qwen2Tokenizer")
     config = t.Qwen2_5_VLConfig(
-        text_config=_text(tokenizer, rope_parameters=MROPE, tie_word_embeddings=False),
+        text_config=_text(tokenizer, **mrope_kwargs([2, 3, 3]), tie_word_embeddings=False),
         vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
                        "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 16,
                        "fullatt_block_indexes": [1]},
-        **_qwen_ids(tokenizer), tie_word_embeddings=False)
+        **_qwen_ids(tokenizer), tie_word_embeddings=False, vocab_size=len(tokenizer))  # 4.55 reads it at the top
     return config, t.Qwen2_5_VLProcessor(**_qwen_parts(tokenizer))
 
 
