@@ -39,5 +39,9 @@ say "keeping the site's $(tr '\n' ' ' < "$keep")"
 # the project with its dependencies at the lock's versions, the site's packages held where they are
 "$PYTHON" -m pip install -q -c "$keep" -c "$lock" -e "$ROOT$extras"
 "$PYTHON" "$ROOT/docker/scripts/held_packages.py" compare "$keep"
+"$PYTHON" -c 'import torchvision' 2>/dev/null \
+  || say "WARNING: no torchvision here: the processors of LLaVA-OneVision, Qwen-VL, InternVL and SmolVLM need" \
+         "the one matching the site's torch (the DAS torchvision of the DTK; with PyPI's torch 2.1.2," \
+         "torchvision==0.16.2); LLaVA-1.5 and LLaVA-NeXT train without it"
 "$PYTHON" -m jobs.stack --check
 say "done: python -m jobs.stack shows the stack; python -m jobs.submit ... runs jobs"

@@ -1,5 +1,5 @@
 """The platform's own packages, which our installs must never change (DAS/vendor builds of torch,
-DeepSpeed, flash-attn, triton).
+its torchvision, DeepSpeed, flash-attn, triton).
 
     python held_packages.py record FILE    write name==version of those installed (pip constraints)
     python held_packages.py compare FILE   exit 1 naming each one that changed or went missing
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import sys
 
-HELD = ("torch", "deepspeed", "flash-attn", "triton")
+HELD = ("torch", "torchvision", "deepspeed", "flash-attn", "triton")
 
 
 def installed() -> dict[str, str]:

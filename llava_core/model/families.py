@@ -60,6 +60,8 @@ class Family:
     """Whether batches pack (``--packing``); the others train padded and say so once."""
     llava_templates: bool = False
     """Whether LLaVA's prompt templates (``--version v1``...) apply; else the processor's chat template."""
+    needs_torchvision: bool = True
+    """Whether its processor needs torchvision (a video processor it builds, even for images)."""
     notes: tuple[str, ...] = field(default=())
 
     def part_of(self, name: str) -> str | None:
@@ -91,14 +93,15 @@ def _qwen(model_type: str, title: str, **kw) -> Family:
     return Family(model_type, title, QWEN_LAYOUT, modules, "model.language_model", "image_token", "cat", **kw)
 
 
-def _idefics(model_type: str, title: str) -> Family:
+def _idefics(model_type: str, title: str, **kw) -> Family:
     modules = {"projector": ("connector",), "vision_tower": ("vision_model",)}
-    return Family(model_type, title, IDEFICS_LAYOUT, modules, "model.text_model", "image_token", "tiles")
+    return Family(model_type, title, IDEFICS_LAYOUT, modules, "model.text_model", "image_token", "tiles", **kw)
 
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
-    _llava_like("llava", "LLaVA-1.5", packs=True, llava_templates=True),
-    _llava_like("llava_next", "LLaVA-NeXT", "pad_patches", ANYRES_LAYOUT, llava_templates=True),
+    _llava_like("llava", "LLaVA-1.5", packs=True, llava_templates=True, needs_torchvision=False),
+    _llava_like("llava_next", "LLaVA-NeXT", "pad_patches", ANYRES_LAYOUT, llava_templates=True,
+                needs_torchvision=False),
     _llava_like("llava_onevision", "LLaVA-OneVision", "pad_patches", ANYRES_LAYOUT),
     _qwen("qwen2_vl", "Qwen2-VL"),
     _qwen("qwen2_5_vl", "Qwen2.5-VL"),
@@ -106,10 +109,11 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
           notes=("transformers 4.55 (the dcu stack) has no Qwen3-VL",)),
     _llava_like("internvl", "InternVL"),
     Family("gemma3", "Gemma 3", LLAVA_LAYOUT, _LLAVA_MODULES, "model.language_model", "boi_token", "cat",
-           stacks=frozenset({MODERN}), notes=("transformers 4.55's Gemma 3 needs torch >= 2.6",)),
-    _idefics("idefics3", "Idefics3"),
+           stacks=frozenset({MODERN}), needs_torchvision=False,
+           notes=("transformers 4.55's Gemma 3 needs torch >= 2.6",)),
+    _idefics("idefics3", "Idefics3", needs_torchvision=False),
     _idefics("smolvlm", "SmolVLM"),
-    _llava_like("mistral3", "Mistral 3 (Pixtral vision)"),
+    _llava_like("mistral3", "Mistral 3 (Pixtral vision)", needs_torchvision=False),
 )}
 
 
