@@ -110,7 +110,9 @@ class ProcessorCollator(Collator):
     image input of the batch combined per the family's ``image_batching``: ``cat`` (along the first
     dimension), ``pad_patches`` (AnyRes patches padded with zeros to the batch's most, which the
     model drops by ``image_sizes``, then along the first dimension), ``tiles`` (along the second
-    dimension: one row of every tile, whose blank padding the model drops)."""
+    dimension: one row of every tile, whose blank padding the model drops), ``pad_size`` (images of
+    their own size padded at the bottom and right to the batch's largest, which the model crops
+    back by ``image_sizes``, then along the first dimension)."""
 
     image_batching: str = "cat"
 
@@ -139,6 +141,9 @@ def combine_images(values: list[torch.Tensor], how: str) -> torch.Tensor:
     if how == "pad_patches" and values[0].dim() >= 3:
         most = max(v.shape[1] for v in values)
         values = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, most - v.shape[1])) for v in values]
+    if how == "pad_size" and values[0].dim() == 4:
+        height, width = max(v.shape[2] for v in values), max(v.shape[3] for v in values)
+        values = [torch.nn.functional.pad(v, (0, width - v.shape[3], 0, height - v.shape[2])) for v in values]
     return torch.cat(values)
 
 

@@ -52,7 +52,8 @@ class Family:
     image_batching: str
     """How the images of a batch are combined: ``cat`` (every tensor along its first dimension),
     ``pad_patches`` (AnyRes: patches padded to the batch's most, then along the first dimension),
-    ``tiles`` (Idefics3: every tile along the second dimension of one row)."""
+    ``tiles`` (Idefics3: every tile along the second dimension of one row), ``pad_size`` (Pixtral:
+    each image at its own size, padded to the batch's largest)."""
     stacks: frozenset[str] = frozenset({MODERN, DCU})
     lora_parts: frozenset[str] = frozenset({"llm"})
     """The parts whose linear layers LoRA wraps."""
@@ -113,7 +114,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            notes=("transformers 4.55's Gemma 3 needs torch >= 2.6",)),
     _idefics("idefics3", "Idefics3", needs_torchvision=False),
     _idefics("smolvlm", "SmolVLM"),
-    _llava_like("mistral3", "Mistral 3 (Pixtral vision)", needs_torchvision=False),
+    _llava_like("mistral3", "Mistral 3 (Pixtral vision)", "pad_size", needs_torchvision=False),
 )}
 
 

@@ -32,14 +32,20 @@ def lora_target_regex(model: LlavaForConditionalGeneration | PreTrainedModel) ->
 def modules_to_save(model: torch.nn.Module, parts: set[str]) -> list[str]:
     """peft's ``modules_to_save`` for the ``parts`` that train in full beside LoRA (projector,
     vision tower), by the module names of the model's family; a projector inside the vision tower
-    (Qwen-VL's merger) is saved with the tower."""
+    (Qwen-VL's merger) is saved with the tower, and a list of modules (Qwen3-VL's DeepStack
+    mergers) item by item."""
     family = model_family(model) or FAMILIES["llava"]
     names = [name for part in sorted(parts) if part in family.modules for name in family.modules[part]]
-    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     nested = any(p.startswith(v) for p in family.fragments("projector") for v in family.fragments("vision_tower"))
     if "vision_tower" in parts and nested:
         names = [n for n in names if n not in family.modules["projector"]]
-    return [n for n in names if n in present]
+    found: dict[str, list[str]] = {}
+    for path, module in model.named_modules():
+        last = path.rsplit(".", 1)[-1]
+        if last in names:
+            items = isinstance(module, torch.nn.ModuleList)
+            found[last] = [f"{last}.{i}" for i in range(len(module))] if items else [last]
+    return [entry for n in names for entry in found.get(n, [])]
 
 
 def wrap_lora(model: torch.nn.Module, cfg: TrainConfig, parts: set[str]) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from llava_core.model.families import FAMILIES, UnsupportedFamily, family_of
 from llava_core.model.freeze import part_of
 from llava_core.model.lora import lora_target_regex, modules_to_save
 
+
 def _here(model_type: str):
     """``model_type`` as a test parameter, skipped where its processor cannot be built: a venv set up
     before the Makefile installed torchvision (rebuild it: ``rm -r .venv && make setup``)."""
