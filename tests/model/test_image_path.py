@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoProcessor
 
-from llava_core.compat import save_portable
+from llava_core.compat import image_processor_kwargs, load_auto_processor, save_portable
 from llava_core.config import TrainConfig
 from llava_core.data.images import ImageLoader, expand2square, image_processor_for, processor_side
 from llava_core.eval.generate import batch_inputs
@@ -35,8 +35,9 @@ def _images(folder: Path) -> list[str]:
 
 def _llava_reference(tower: str, img: Image.Image, aspect_ratio: str) -> torch.Tensor:
     """What LLaVA's code feeds: the tower's own processor after ``expand2square`` (pad), after a
-    resize to its square (resize), or on the image as it is (crop)."""
-    processor = AutoImageProcessor.from_pretrained(tower)
+    resize to its square (resize), or on the image as it is (crop); the PIL processor LLaVA's
+    transformers had."""
+    processor = AutoImageProcessor.from_pretrained(tower, **image_processor_kwargs())
     if aspect_ratio == "pad":
         img = expand2square(img, tuple(int(x * 255) for x in processor.image_mean))
     elif aspect_ratio == "resize":
@@ -86,13 +87,18 @@ def test_training_eval_and_saved_processor_see_the_same_pixels(parts, saved_runs
     _, eval_processor = load_model(run)  # what eval, chat and serve load
     prompts = [f"USER: <image>\nWhat is {i}? ASSISTANT:" for i in range(len(names))]
     evaluation = batch_inputs(eval_processor, prompts, [str(tmp_path / n) for n in names])["pixel_values"]
-    fresh = AutoProcessor.from_pretrained(run / "final")  # transformers, lmms-eval's llava_hf, vLLM
+    fresh = load_auto_processor(run / "final")  # transformers' AutoProcessor, with its PIL image processor
     pil = [Image.open(tmp_path / n).convert("RGB") for n in names]
     by_itself = fresh(text=prompts, images=pil, return_tensors="pt", padding=True)["pixel_values"]
     reference = torch.stack([_llava_reference(parts["vision"], img, ratio) for img in pil])
     assert training.shape == (len(names), 3, 32, 32)
     for pixels in (evaluation, by_itself, reference):
         torch.testing.assert_close(pixels, training, rtol=0, atol=0)
+    # AutoProcessor as lmms-eval's llava_hf or vLLM call it: with torchvision installed, transformers 5
+    # picks its torchvision image processor, whose resize differs by about a grey level
+    default = AutoProcessor.from_pretrained(run / "final")(text=prompts, images=pil, return_tensors="pt",
+                                                           padding=True)["pixel_values"]
+    torch.testing.assert_close(default, training, rtol=0, atol=0.02)
     if ratio == "pad":  # a padded non-square image shows its background where a crop would cut it
         assert not torch.equal(training[0], _llava_reference(parts["vision"], pil[0], "crop"))
 
@@ -116,7 +122,7 @@ def test_a_run_saved_before_the_processor_kept_its_aspect_ratio_is_padded_on_loa
     _, loaded = load_model(old / "checkpoint-1")
     torch.testing.assert_close(loaded(text=["<image>"], images=[img], return_tensors="pt")["pixel_values"][0], padded)
     exported = save_full_checkpoint(old / "checkpoint-1", tmp_path / "export", "hf", cfg)
-    fresh = AutoProcessor.from_pretrained(exported)
+    fresh = load_auto_processor(exported)
     torch.testing.assert_close(fresh(text=["<image>"], images=[img], return_tensors="pt")["pixel_values"][0], padded)
 
 
