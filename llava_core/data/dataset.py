@@ -147,6 +147,36 @@ def combine_images(values: list[torch.Tensor], how: str) -> torch.Tensor:
     return torch.cat(values)
 
 
+def add_processor_blank_image(batch: dict[str, Any], processor, placeholder: str, image_batching: str,
+                              pad_token_id: int) -> dict[str, Any]:
+    """:func:`add_blank_image` for a family whose processor makes the image inputs: a padded batch
+    plus a row holding one black image as the processor expands it (``placeholder``: the
+    processor's attribute naming the image text), its labels ignored, so that the model runs its
+    vision tower and projector on a rank whose batch has no image."""
+    side = 64
+    out = processor(text=[getattr(processor, placeholder)], images=[Image.new("RGB", (side, side))],
+                    add_special_tokens=False, return_tensors="pt")
+    ids = out["input_ids"][0].tolist()
+    row: dict[str, Any] = {"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)}
+    row |= {key: out[key][0].tolist() for key in ("token_type_ids", "mm_token_type_ids") if key in out}
+    row["image_inputs"] = {k: [v] for k, v in out.items() if k not in ("input_ids", "attention_mask", *row)}
+    blank = ProcessorCollator(pad_token_id, image_batching)([row])
+    width = max(batch["input_ids"].shape[1], blank["input_ids"].shape[1])
+    pads = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
+    merged = {**batch}
+    for key, value in blank.items():
+        if value.dim() == 2 and value.shape[1] == blank["input_ids"].shape[1] and key not in _IMAGE_KEYS:
+            rows = batch.get(key, torch.zeros_like(batch["input_ids"]))
+            merged[key] = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pads.get(key, 0))
+                                     for t in (rows, value.to(rows.device))])
+        else:
+            merged[key] = value.to(batch["input_ids"].device)
+    return merged
+
+
+_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "pixel_attention_mask")
+
+
 def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, image: torch.Tensor) -> dict[str, Any]:
     """``batch`` plus one black ``image`` (1, C, H, W) behind ``n_tokens`` image placeholders whose
     labels are ignored: an extra right-padded row of a padded batch (``Collator``), an extra segment

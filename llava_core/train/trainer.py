@@ -22,6 +22,7 @@ from llava_core.config import TrainConfig
 from llava_core.data.dataset import (
     ModalityLengthGroupedSampler,
     add_blank_image,
+    add_processor_blank_image,
 )
 from llava_core.data.encoding import n_image_tokens
 from llava_core.model.build import (
@@ -170,6 +171,10 @@ class LlavaTrainer(Trainer):
         the others do, in the same place of the forward (ZeRO-3 gathers their parameters)."""
         llava = self.accelerator.unwrap_model(model)
         llava = llava.get_base_model() if hasattr(llava, "get_base_model") else llava
+        family = model_family(llava)
+        if family is not None and family.model_type != "llava":
+            return add_processor_blank_image(inputs, self.processing_class, family.placeholder, family.image_batching,
+                                             self.processing_class.tokenizer.pad_token_id)
         v = llava.config.vision_config
         image = torch.zeros(1, v.num_channels, v.image_size, v.image_size, device=inputs["input_ids"].device,
                             dtype=next(llava.model.multi_modal_projector.parameters()).dtype)

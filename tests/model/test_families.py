@@ -16,7 +16,7 @@ from jobs.cli import CommandFailed
 from jobs.submit import submit_job
 from llava_core.compat import load_auto_processor, stack
 from llava_core.config import TrainConfig
-from llava_core.data.dataset import ProcessorCollator
+from llava_core.data.dataset import ProcessorCollator, add_processor_blank_image
 from llava_core.data.encoding import IGNORE_INDEX, ProcessorEncoder
 from llava_core.data.formats import read_records
 from llava_core.demo.families import BUILDERS, build_tiny_family, write_family_data
@@ -111,6 +111,12 @@ def test_parts_lora_targets_and_image_tokens_come_from_the_family(model_type, ti
     batch = ProcessorCollator(processor.tokenizer.pad_token_id, family.image_batching)(items)
     loss = model(**batch).loss
     assert torch.isfinite(loss)
+    # a rank whose batch has no image runs the tower on a blank one (ZeRO-3), the loss unchanged
+    text = ProcessorCollator(processor.tokenizer.pad_token_id, family.image_batching)(items[-1:])
+    blank = add_processor_blank_image(text, processor, family.placeholder, family.image_batching,
+                                      processor.tokenizer.pad_token_id)
+    assert blank["input_ids"].shape[0] == 2 and "pixel_values" in blank
+    torch.testing.assert_close(model(**blank).loss, model(**text).loss)
 
 
 def test_an_unsupported_model_type_fails_at_submit_naming_the_families(tmp_path, family_data, capsys):
