@@ -17,13 +17,14 @@ DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MAST
 
 def pending_upstream(path: str | None, job: dict[str, Any]) -> str | None:
     """The job directory of ``--after`` (a recipe's earlier stage, not finished yet) that ``path``
-    lies in, or None: such a path is written before this job starts, so its checks are left to the ranks."""
+    lies in, or None: such a path is written before this job starts, so its checks are left to the
+    ranks (also where it exists already: the stage's own directory as a model, an earlier attempt's output)."""
     if not path:
         return None
     target = Path(path).absolute()
     after = job.get("after") or []
     for upstream in [after] if isinstance(after, str) else after:
-        if target.is_relative_to(Path(upstream).absolute()) and not target.exists():
+        if target.is_relative_to(Path(upstream).absolute()):
             return str(upstream)
     return None
 

@@ -33,8 +33,8 @@ JOB_OPTIONS = {
     "demo_assets": "generate the tiny model and shapes data and use them (the tiny preset sets it)",
     "accept_changes": "resume although the settings differ from the run's config.yaml: the flags to accept "
                       "(learning_rate,max_steps), 'run' for another run's checkpoint, or 'all' (recorded in changes.jsonl)",
-    "after": "job directories of a recipe's earlier stages this job follows: paths inside them that do not "
-             "exist yet are checked by the ranks, not at submit",
+    "after": "job directories of a recipe's earlier stages this job follows: paths inside them are checked by "
+             "the ranks, not at submit (the stage writes them first)",
 }
 
 # LLaVA / older-transformers spellings -> the names TrainConfig uses

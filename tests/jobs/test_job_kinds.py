@@ -35,6 +35,19 @@ def test_a_slurm_option_on_the_local_executor_is_a_warning(tiny_values, tmp_path
     assert "warning: the local executor ignores --partition (slurm only)" in out
 
 
+def test_a_path_in_an_earlier_recipe_stage_is_left_to_the_ranks_even_where_it_exists(tiny_assets, tmp_path, capsys):
+    """demo-recipe's recaption stage takes the captioner stage's directory as its model: on Slurm
+    that directory exists (made when the captioner was queued) before the run in it has trained."""
+    captioner = tmp_path / "captioner"
+    captioner.mkdir()
+    flags = {"op": "recaption", "model": str(captioner), "data_path": tiny_assets["pretrain"], "executor": "local",
+             "image_folder": tiny_assets["image_folder"], "output_dir": str(tmp_path / "recaption"), "dry_run": True}
+    submit_job("data", after=[str(captioner)], **flags)
+    assert f"model: [skipped] {captioner}: written by {captioner} before this job starts" in capsys.readouterr().out
+    with pytest.raises(CommandFailed, match="check\\(s\\) failed: model"):  # no earlier stage: checked now
+        submit_job("data", **flags)
+
+
 @pytest.mark.parametrize("flags, message", [
     ({"lr_scheduler_type": "cosin"}, "--lr_scheduler_type cosin: cosin is not a valid SchedulerType"),
     ({"optim": "adamw_nonsense"}, "--optim adamw_nonsense: adamw_nonsense is not a valid OptimizerNames"),
