@@ -1,6 +1,8 @@
 """Show jobs: ``python -m jobs.status [JOB] [--runs DIR]``.
 
-Without JOB, one line per job under ``runs/``: state, nodes, step reached, last loss, time left.
+Without JOB, one line per job under ``runs/``: state, nodes, step reached, last loss, time left;
+then one line per recipe (the demo's runs too): its state and each stage's, in order.
+With a recipe's directory, its stages: each one's job, state, job id, seconds and directory.
 With JOB (a job directory or its name under ``runs/``), the details; STALLED (the silent rank, its
 last step and since when: cluster.progress) for a running job whose progress stopped; for a job
 that did not complete, the cause first (the first rank that ended: exit status or signal, node, its traceback or
@@ -129,10 +131,30 @@ def table(runs: Path) -> str:
         rows.append((job_dir.name, info["executor"], str(info["job_id"]), state, _nodes(info),
                      "-" if step is None else str(step), "-" if loss is None else f"{loss:.4g}",
                      _hms(info.get("time_left"))))
-    for recipe in sorted(p.parent for p in Path(runs).glob("*/recipe.json")):
-        rows.append((recipe.name, "recipe", "-", "see: jobs.status " + recipe.name, "", "", "", ""))
+    recipes = recipe_table(Path(runs))
     if len(rows) == 1:
-        return f"no jobs under {runs}/"
+        return recipes or f"no jobs under {runs}/"
+    return _columns(rows) + (f"\n\n{recipes}" if recipes else "")
+
+
+def recipe_table(runs: Path) -> str:
+    """One line per recipe under ``runs`` (the demo's runs included): its state and each stage's,
+    in order; empty when there is none."""
+    from jobs.kinds.recipe import RECORD, chain_states, chain_summary
+
+    rows = [("RECIPE", "EXECUTOR", "STATE", "STAGES")]
+    for recipe in sorted(p.parent for p in runs.glob(f"*/{RECORD}")):
+        try:
+            record, runner, states = chain_states(recipe)
+        except (OSError, ValueError, KeyError) as err:
+            rows.append((recipe.name, "?", f"unreadable: {err}", ""))
+            continue
+        rows.append((recipe.name, str(record.get("executor")), chain_summary(runner, states),
+                     " > ".join(f"{s['name']} {state}" for s, state in states)))
+    return _columns(rows) if len(rows) > 1 else ""
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

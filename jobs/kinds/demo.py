@@ -1,10 +1,12 @@
 """``python -m jobs.submit demo``: the whole pipeline on the embedded default.
 
-Generates the tiny LLaVA parts and the shapes data (once, under ``<runs>/assets``), then runs
-stage-1 pretraining, stage-2 finetuning and a POPE-style evaluation as three ordinary jobs (each
-submitted with :func:`jobs.submit.submit_job` and waited for, on the executor the demo was given:
-the same code a Slurm node runs) and prints a results table. ``--with-dpo`` adds HA-DPO on pairs
-from the finetuned model's own answers and evaluates again.
+Generates the tiny LLaVA parts and the shapes data (once, under ``<runs>/assets``), then runs the
+``demo-pipeline`` recipe (stage-1 pretraining, stage-2 finetuning and a POPE-style evaluation, three
+ordinary jobs on the executor the demo was given: the same code a Slurm node runs) in the
+foreground through :func:`jobs.kinds.recipe.run_chain`, and prints a results table. The demo's
+directory is the recipe's (``jobs.status`` shows the chain). ``--with-dpo`` adds three stages:
+the finetuned model answers yes/no questions about new images, HA-DPO on pairs from its answers,
+and the evaluation again.
 """
 from __future__ import annotations
 
@@ -16,14 +18,19 @@ from typing import Any, Callable
 
 from rich.table import Table
 
+from cluster.launch import resolve_executor
 from jobs.kinds.base import Checked, JobKind, Submission
+from jobs.kinds.recipe import RecipeConfig, carry_over, resolve_stages, run_chain
 from jobs.kinds.train import FINETUNE
-from jobs.options import train_config
+from jobs.options import load_preset, train_config
 from jobs.results import headline, results_table
 from llava_core.config import Settings
 from llava_core.console import console
 from llava_core.demo.assets import ensure_assets
 from llava_core.io import atomic_write_json
+
+PIPELINE = "demo-pipeline"
+"""The recipe preset of the demo's stages (jobs/presets/demo-pipeline.yaml)."""
 
 
 @dataclass
@@ -62,67 +69,57 @@ def _final_loss(job_dir: Path) -> float | None:
     return rows[-1]["loss"] if rows else None
 
 
-def _pope(submit_job: Callable[..., Any], model: Path, out: Path, data: str, image_folder: str,
-          launch: dict[str, Any]) -> dict[str, Any]:
-    submit_job("eval", wait=True, task="pope", model=str(model), data=data, output_dir=str(out),
-               image_folder=image_folder, split="random,popular,adversarial", version="chat_template",
-               prompt_suffix="", max_new_tokens=4, batch_size=32, **launch)
-    return json.loads((out / "eval" / "pope.json").read_text())["metrics"]
+def _dpo_stages(root: Path, pope: dict[str, Any]) -> list[dict[str, Any]]:
+    """HA-DPO on the finetuned model: it answers yes/no questions about every shape on new images
+    (``pope``: the eval stage's flags), its answers become preference pairs, then a ``dpo-tiny`` job
+    and the evaluation again."""
+    images = str(root / "dpo-images")
+    return [{"name": "dpo-answers", "job": "eval",
+             "flags": {**pope, "model": "{finetune}/final", "data": str(root / "dpo_questions.jsonl"), "image_folder": images}},
+            {"name": "dpo", "job": "dpo", "preset": "dpo-tiny",
+             "flags": {"model_name_or_path": "{finetune}/final", "data_path": str(root / "dpo_pairs.json"),
+                       "image_folder": images}},
+            {"name": "eval-dpo", "job": "eval", "flags": {**pope, "model": "{dpo}/final"}}]
 
 
-def _dpo(submit_job: Callable[..., Any], root: Path, launch: dict[str, Any]) -> dict[str, Any]:
-    """HA-DPO on the finetuned model: it answers yes/no questions about every shape on new images,
-    its answers become preference pairs (hallucinations weighted up), description pairs join them,
-    then a ``dpo-tiny`` job. Returns the pair counts."""
+def _dpo_steps(root: Path, counts: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """What runs before the DPO stages: new images and their questions (and description pairs)
+    before ``dpo-answers``; the preference pairs from those answers (``counts``) before ``dpo``."""
     from llava_core.demo.preference_pairs import pairs_from_answers, write_dpo_data
 
-    data = write_dpo_data(root / "dpo-images", root, n_images=800)
-    _pope(submit_job, root / "finetune" / "final", root / "dpo-answers", str(data["questions"]), str(root / "dpo-images"), launch)
-    counts = pairs_from_answers(data["questions"], root / "dpo-answers" / "eval" / "pope.json",
-                                root / "dpo_pairs.json", description_pairs=data["descriptions"])
-    submit_job("dpo", wait=True, preset="dpo-tiny", model_name_or_path=str(root / "finetune" / "final"),
-               data_path=str(root / "dpo_pairs.json"), image_folder=str(root / "dpo-images"),
-               output_dir=str(root / "dpo"), **launch)
-    return counts
+    def pairs() -> None:
+        counts.update(pairs_from_answers(root / "dpo_questions.jsonl", root / "dpo-answers" / "eval" / "pope.json",
+                                         root / "dpo_pairs.json", description_pairs=root / "dpo_description_pairs.json"))
+    return {"dpo-answers": lambda: write_dpo_data(root / "dpo-images", root, n_images=800), "dpo": pairs}
 
 
 def run_demo(root: Path, runs: str, launch: dict[str, Any], submit_job: Callable[..., Any], with_dpo: bool = False,
              finetune: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pretrain, finetune and evaluate the tiny LLaVA in ``root`` (then DPO and evaluate again with
-    ``with_dpo``), each stage a job with the ``launch`` options, submitted through ``submit_job``
-    (:func:`jobs.submit.submit_job`), that waits for the one before; print and return the results. ``finetune``: further flags of the finetune stage."""
+    """Run the ``demo-pipeline`` recipe in ``root`` in the foreground (pretrain, finetune, evaluate;
+    with ``with_dpo`` then DPO and evaluate again), each stage a job with the ``launch`` options,
+    submitted through ``submit_job`` (:func:`jobs.submit.submit_job`) when the one before completed;
+    print and return the results. ``finetune``: further flags of the finetune stage."""
     t0 = time.time()
     assets = ensure_assets(Path(runs) / "assets")
     t_assets = time.time() - t0
-    common = {"image_folder": assets["image_folder"], "model_name_or_path": assets["llm"],
-              "vision_tower": assets["vision"], **launch}
-    stages: dict[str, float] = {}
-
-    t = time.time()
-    submit_job("pretrain", wait=True, preset="demo-pretrain", output_dir=str(root / "pretrain"),
-               data_path=assets["pretrain"], **common)
-    stages["pretrain"] = time.time() - t
-    t = time.time()
-    submit_job("finetune", wait=True, preset="demo-finetune", output_dir=str(root / "finetune"),
-               data_path=assets["finetune"], pretrain_mm_mlp_adapter=str(root / "pretrain" / "mm_projector.bin"),
-               **common, **(finetune or {}))
-    stages["finetune"] = time.time() - t
-    t = time.time()
-    pope = _pope(submit_job, root / "finetune" / "final", root / "eval", assets["pope"], assets["image_folder"], launch)
-    stages["eval"] = time.time() - t
-    after_dpo = dpo_pairs = None
+    stages = load_preset(PIPELINE)["stages"]
+    counts: dict[str, Any] = {}
     if with_dpo:
-        t = time.time()
-        dpo_pairs = _dpo(submit_job, root, launch)
-        stages["dpo"] = time.time() - t
-        t = time.time()
-        after_dpo = _pope(submit_job, root / "dpo" / "final", root / "eval-dpo", assets["pope"], assets["image_folder"], launch)
-        stages["eval-dpo"] = time.time() - t
+        stages = stages + _dpo_stages(root, next(s for s in stages if s["name"] == "eval")["flags"])
+    cfg = RecipeConfig(stages=stages, stage_flags={"finetune": finetune} if finetune else {})
+    record = {"name": root.name, "executor": resolve_executor(launch.get("executor", "auto")), "launch": launch,
+              "stages": carry_over(root, resolve_stages(cfg, root, assets))}
+    print(f"demo: the {PIPELINE} recipe: {' -> '.join(s['name'] for s in record['stages'])}\n"
+          f"  status: python -m jobs.status {root}", flush=True)
+    run_chain(root, submit_job, record, before=_dpo_steps(root, counts) if with_dpo else None)
+    seconds = {s["name"]: s.get("seconds", 0.0) for s in record["stages"]}
+    metrics = {name: json.loads((root / name / "eval" / "pope.json").read_text())["metrics"]
+               for name in ("eval", "eval-dpo") if name in seconds}
 
-    summary = {"job_dir": str(root), "seconds": {"assets": round(t_assets, 1), **{k: round(v, 1) for k, v in stages.items()},
+    summary = {"job_dir": str(root), "seconds": {"assets": round(t_assets, 1), **seconds,
                                                  "total": round(time.time() - t0, 1)},
                "final_loss": {"pretrain": _final_loss(root / "pretrain"), "finetune": _final_loss(root / "finetune")},
-               "pope": pope, "dpo_pairs": dpo_pairs, "pope_after_dpo": after_dpo}
+               "pope": metrics["eval"], "dpo_pairs": counts or None, "pope_after_dpo": metrics.get("eval-dpo")}
     atomic_write_json(root / "summary.json", summary)
     print_summary(summary)
     return summary

@@ -100,10 +100,21 @@ def _write(root: Path, record: dict[str, Any]) -> None:
     atomic_write_json(root / RECORD, record)
 
 
-def run_chain(root: Path, submit_job: Callable[..., Any], record: dict[str, Any]) -> dict[str, Any]:
+def carry_over(root: Path, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``stages`` with the job id and seconds an earlier submission of the recipe in ``root`` recorded
+    for each (a complete stage is skipped, and keeps them)."""
+    previous = load_json(root / RECORD, dict) if (root / RECORD).is_file() else {}
+    known = {s["name"]: s for s in previous.get("stages", [])}
+    return [{**s, **{k: known[s["name"]][k] for k in ("job_id", "seconds") if k in known.get(s["name"], {})}}
+            for s in stages]
+
+
+def run_chain(root: Path, submit_job: Callable[..., Any], record: dict[str, Any],
+              before: dict[str, Callable[[], Any]] | None = None) -> dict[str, Any]:
     """Run the stages of ``record`` in order in this process, each submitted when the one before
     completed (complete ones skipped), ``record['runner']`` kept up to date; stops at the first
-    stage that fails. Returns the record."""
+    stage that fails. ``before``: per stage name, a step run just before it is submitted (counted
+    in its seconds; the demo writes its DPO data so). Returns the record."""
     runner = record["runner"] = {"host": socket.gethostname(), "pid": os.getpid(), "state": "RUNNING",
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write(root, record)
@@ -114,6 +125,8 @@ def run_chain(root: Path, submit_job: Callable[..., Any], record: dict[str, Any]
             runner["stage"] = stage["name"]
             stage["started"] = time.time()
             _write(root, record)
+            if before and stage["name"] in before:
+                before[stage["name"]]()
             done = submit_job(stage["job"], wait=True, output_dir=stage["dir"], **record["launch"], **stage["flags"])
             stage["job_id"] = done.handle.job_id if done is not None and done.handle is not None else None
             stage["seconds"] = round(time.time() - stage["started"], 1)
@@ -133,42 +146,76 @@ def queue_chain(root: Path, submit_job: Callable[..., Any], record: dict[str, An
     (Slurm ``afterok``; a live one from an earlier submission is kept and depended on)."""
     before: str | None = None
     pending: list[str] = []
-    for stage in record["stages"]:
-        state = stage_state(stage)
-        if state == "COMPLETED":
-            continue
-        if state not in TERMINAL_STATES and state != "NOT SUBMITTED" and not state.startswith("UNKNOWN"):
-            stage["job_id"] = str(json.loads((Path(stage["dir"]) / LAUNCH_RECORD).read_text())["job_id"])
-        else:
-            launch = {**record["launch"], **({"dependency": f"afterok:{before}"} if before else {})}
-            done = submit_job(stage["job"], wait=False, output_dir=stage["dir"], after=list(pending), **launch,
-                              **stage["flags"])
-            stage["job_id"] = done.handle.job_id
-        before = stage["job_id"]
-        pending.append(stage["dir"])
+    record["runner"] = {"state": "QUEUEING", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        for stage in record["stages"]:
+            state = stage_state(stage)
+            if state == "COMPLETED":
+                continue
+            if state not in TERMINAL_STATES and state != "NOT SUBMITTED" and not state.startswith("UNKNOWN"):
+                stage["job_id"] = str(json.loads((Path(stage["dir"]) / LAUNCH_RECORD).read_text())["job_id"])
+            else:
+                launch = {**record["launch"], **({"dependency": f"afterok:{before}"} if before else {})}
+                done = submit_job(stage["job"], wait=False, output_dir=stage["dir"], after=list(pending), **launch,
+                                  **stage["flags"])
+                stage["job_id"] = done.handle.job_id
+            before = stage["job_id"]
+            pending.append(stage["dir"])
+            _write(root, record)
+    except BaseException as e:  # the stages queued so far stay queued: submitting the recipe again adds the rest
+        record["runner"].update(state="FAILED", error=f"queueing {stage['name']}: {type(e).__name__}: {e}")
         _write(root, record)
+        raise
     record["runner"] = {"state": "QUEUED", "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write(root, record)
     return record
 
 
-def describe_chain(root: Path) -> str:
-    """The recipe in ``root``: each stage's job, state and directory, and the runner's state."""
+def chain_states(root: Path) -> tuple[dict[str, Any], dict[str, Any], list[tuple[dict[str, Any], str]]]:
+    """The recipe in ``root``: its record, its runner (DIED when its process on this host is gone) and
+    each stage with its state (WAITING: not submitted yet, the runner alive)."""
     record = load_json(root / RECORD, dict)
     runner = record.get("runner", {})
-    alive = runner.get("state") == "RUNNING" and runner.get("host") == socket.gethostname() and _alive(runner.get("pid"))
-    if runner.get("state") == "RUNNING" and not alive and runner.get("host") == socket.gethostname():
+    here = runner.get("host") == socket.gethostname()
+    if runner.get("state") == "RUNNING" and here and not _alive(runner.get("pid")):
         runner = {**runner, "state": "DIED", "error": "the runner process is gone"}
-    lines = [f"recipe     {root}", f"executor   {record['executor']}",
-             f"runner     {runner.get('state')}" + (f": {runner['error']}" if runner.get("error") else ""), "",
-             "stage        job        state            job id    directory"]
+    states = []
     for s in record["stages"]:
         state = stage_state(s)
-        if state == "NOT SUBMITTED" and runner.get("state") == "RUNNING":
+        if state == "NOT SUBMITTED" and runner.get("state") in ("RUNNING", "STARTING"):
             state = "WAITING"
+        states.append((s, state))
+    return record, runner, states
+
+
+def chain_summary(runner: dict[str, Any], states: list[tuple[dict[str, Any], str]]) -> str:
+    """The recipe's state in one phrase: ``COMPLETED``, ``RUNNING finetune``, ``FAILED at clip`` (the
+    first stage that did not complete), with how many stages completed."""
+    done = sum(state == "COMPLETED" for _, state in states)
+    count = f"({done}/{len(states)} stages done)"
+    if done == len(states):
+        return f"COMPLETED {count}"
+    stage, state = next((s, st) for s, st in states if st != "COMPLETED")
+    if state in TERMINAL_STATES:
+        return f"{state} at {stage['name']} {count}"
+    if state == "NOT SUBMITTED" and runner.get("state") in ("FAILED", "DIED"):
+        return f"{runner['state']} at {stage['name']} {count}"
+    return f"{state} {stage['name']} {count}"
+
+
+def describe_chain(root: Path) -> str:
+    """The recipe in ``root``: its state, the runner's, and each stage's job, state and directory."""
+    record, runner, states = chain_states(root)
+    lines = [f"recipe     {root}", f"executor   {record['executor']}", f"state      {chain_summary(runner, states)}",
+             f"runner     {runner.get('state')}" + (f": {runner['error']}" if runner.get("error") else "")
+             + (f" at {runner['at']}: every stage at once, each after the one before (afterok)"
+                if runner.get("state") == "QUEUED" else ""), "",
+             "stage        job        state            job id       seconds  directory"]
+    for s, state in states:
         launched = Path(s["dir"]) / LAUNCH_RECORD
         job_id = json.loads(launched.read_text()).get("job_id") if launched.is_file() else s.get("job_id")
-        lines.append(f"{s['name']:<12} {s['job']:<10} {state:<16} {str(job_id or '-'):<9} {s['dir']}")
+        seconds = f"{s['seconds']:.1f}" if s.get("seconds") is not None else "-"
+        lines.append(f"{s['name']:<12} {s['job']:<10} {state:<16} {job_id or '-'!s:<12} {seconds:>7}  {s['dir']}")
     return "\n".join(lines)
 
 
@@ -196,7 +243,9 @@ class RecipeKind(JobKind):
                 from llava_core.demo.clip import ensure_tiny_clip
 
                 folder = Path(sub.job.get("runs", "runs")) / "assets"
-                assets = {**ensure_assets(folder), "clip": ensure_tiny_clip(folder)}
+                assets = ensure_assets(folder)
+                if "{assets.clip}" in json.dumps(settings.to_dict()):  # the tiny CLIP: trained on first use
+                    assets["clip"] = ensure_tiny_clip(folder)
             stages = resolve_stages(settings, sub.job_dir, assets)
         except ValueError as e:
             return Checked([Check("stages", FAILED, str(e))], settings)
@@ -205,9 +254,7 @@ class RecipeKind(JobKind):
 
     def run_inline(self, checked: Checked, sub: Submission) -> dict[str, Any]:
         executor = resolve_executor(sub.spec.executor)
-        previous = load_json(sub.job_dir / RECORD, dict) if (sub.job_dir / RECORD).is_file() else {}
-        ids = {s["name"]: s.get("job_id") for s in previous.get("stages", [])}
-        stages = [{**s, "job_id": ids.get(s["name"])} for s in checked.extra]
+        stages = carry_over(sub.job_dir, checked.extra)
         record = {"name": sub.job_dir.name, "executor": executor, "launch": sub.launch, "stages": stages}
         if executor == "slurm":
             record = queue_chain(sub.job_dir, sub.submit_job, record)

@@ -10,6 +10,8 @@ import sys
 import pytest
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from jobs.kinds.recipe import describe_chain
+
 pytestmark = [pytest.mark.demo, pytest.mark.slow]
 SPLITS = ("random", "popular", "adversarial")
 
@@ -28,6 +30,8 @@ def test_demo_trains_evaluates_beats_chance_and_dpo_lowers_hallucination(tmp_pat
     AutoProcessor.from_pretrained(root / "finetune" / "final")
     pope, after = summary["pope"], summary["pope_after_dpo"]
     print(json.dumps(summary, indent=1))
+    chain = describe_chain(root)  # the demo is the demo-pipeline recipe, the DPO stages after it
+    assert "COMPLETED (6/6 stages done)" in chain and "dpo-answers" in chain and "eval-dpo" in chain
     assert set(SPLITS) <= set(pope) and set(SPLITS) <= set(after)
     # chance is 0.5: the tiny model must really use the image (measured here: 0.94-0.96 per split)
     assert all(pope[s]["accuracy"] >= 0.7 for s in SPLITS)
@@ -53,3 +57,5 @@ def test_short_demo_trains_and_beats_chance(tmp_path):
     print(json.dumps(pope, indent=1))
     LlavaForConditionalGeneration.from_pretrained(root / "finetune" / "final")
     assert all(pope[s]["accuracy"] >= 0.7 for s in SPLITS)
+    assert "demo: the demo-pipeline recipe: pretrain -> finetune -> eval" in proc.stdout
+    assert "state      COMPLETED (3/3 stages done)" in describe_chain(root)

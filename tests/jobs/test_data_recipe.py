@@ -12,6 +12,7 @@ import yaml
 
 from cluster.launch import cancel, job_state
 from jobs.kinds.recipe import RECORD, describe_chain
+from jobs.status import table
 from jobs.submit import submit_job
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,8 @@ def test_recipe_runs_its_stages_in_order_in_the_background_and_stops_at_a_failur
           "the chain")
     assert json.loads((root / RECORD).read_text())["runner"]["state"] == "COMPLETED", (root / "chain.log").read_text()
     shown = describe_chain(root)
-    assert shown.count("COMPLETED") == 3 and (root / "convert" / "report.png").is_file()
+    assert "state      COMPLETED (2/2 stages done)" in shown and shown.count("COMPLETED") == 4
+    assert (root / "convert" / "report.png").is_file()
     kept = json.loads((root / "dedup" / "report.json").read_text())["kept"]
     assert len(json.loads((root / "convert" / "data.json").read_text())) == kept
 
@@ -81,4 +83,10 @@ def test_recipe_runs_its_stages_in_order_in_the_background_and_stops_at_a_failur
     stages = {line.split()[0]: line.split()[2] for line in shown.splitlines() if line.startswith(("clip ", "dedup "))}
     assert "runner     FAILED" in shown and "not a CLIP or SigLIP model" in shown
     assert stages == {"clip": "FAILED", "dedup": "NOT"}  # NOT SUBMITTED
+    assert "state      FAILED at clip (0/2 stages done)" in shown
     assert not (failed / "dedup").exists()
+    # jobs.status without a job: one row per recipe, its state and each stage's in order
+    rows = {line.split()[0]: line for line in table(tmp_path).splitlines()[1:]}
+    assert set(rows) == {"chain", "failed"} and table(tmp_path).startswith("RECIPE ")
+    assert "COMPLETED (2/2 stages done)" in rows["chain"] and "dedup COMPLETED > convert COMPLETED" in rows["chain"]
+    assert "FAILED at clip (0/2 stages done)" in rows["failed"] and "clip FAILED > dedup NOT SUBMITTED" in rows["failed"]
