@@ -87,8 +87,9 @@ def check_family_settings(family: Family, cfg: TrainConfig) -> list[str]:
     if cfg.peft:
         errors.append(f"--peft {cfg.peft}: prompt learning is for causal LMs and LLaVA-1.5, not yet a {name}")
     if isinstance(cfg, DPOConfig):
-        errors.append(f"dpo trains LLaVA-1.5 and causal LMs so far, not yet a {name}")
-    if not family.packs:
+        errors.append(f"dpo trains LLaVA-1.5 and causal LMs so far, not yet a {name}: its pairs are encoded with "
+                      "LLaVA-1.5's fixed image-token count, not the family's processor (llava_core.train.dpo)")
+    if not family.llava_layout:
         for flag in ("deepspeed", "per_device_train_batch_size"):
             if str(getattr(cfg, flag)) == "auto":
                 errors.append(f"--{flag} auto is chosen from the memory estimate, which does not know a {name}'s "
