@@ -12,7 +12,6 @@ from pathlib import Path
 
 from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
-from llava_core.data.encoding import tokenizer_of
 from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.model.quantize import memory_line
 from llava_core.run_config import trained_version
@@ -59,7 +58,7 @@ def main(prompt: str | None = None, model: str = "", image: str | None = None,
             if not question:
                 break
         turns.append(("user", question))
-        text = chat_prompt(turns, fmt, tokenizer_of(processor), with_image=image is not None)
+        text = chat_prompt(turns, fmt, processor, with_image=image is not None)
         print("" if prompt is not None else "ASSISTANT: ", end="", flush=True)
         answer = ""
         for piece in stream_answer(llava, processor, text, image, max_new_tokens, temperature, top_p):

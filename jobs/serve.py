@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 from jobs.cli import UsageError, run
 from llava_core.config import PROMPT_VERSIONS
-from llava_core.data.encoding import tokenizer_of
 from llava_core.model.inference import chat_prompt, load_on_device, stream_answer
 from llava_core.model.quantize import memory_line, require_quantization
 from llava_core.run_config import trained_version
@@ -52,7 +51,7 @@ def build_app(llava, processor, fmt: str, title: str, about: str, max_new_tokens
         if not question:
             raise gr.Error("Type a question first.")
         turns = [(m["role"], _text(m["content"])) for m in history] + [("user", question)]
-        prompt = chat_prompt(turns, fmt, tokenizer_of(processor), with_image=image is not None)
+        prompt = chat_prompt(turns, fmt, processor, with_image=image is not None)
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
         answer = ""
         for piece in stream_answer(llava, processor, prompt, image, int(max_tokens), float(temperature),

@@ -14,12 +14,15 @@ Format 1 (before): the flags as given, flat, with ``job``; read as the settings 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from llava_core.model.families import FAMILIES
 
 CONFIG_FILE = "config.yaml"
 CONFIG_FORMAT = 2
@@ -98,11 +101,26 @@ def read_run_config(path: str | Path, settings_types: Iterable[type] = ()) -> Ru
 
 def trained_version(path: str | Path) -> tuple[str, str]:
     """The prompt format (``--version``) the run that ``path`` belongs to trained with, and where
-    that came from: its ``config.yaml``, else v1 (LLaVA-1.5's) for a model from outside a run."""
+    that came from: its ``config.yaml``; for a model from outside a run, v1 (LLaVA-1.5's) or, for a
+    model of another family (``config.json``'s ``model_type``), its processor's chat template
+    (which an export saves as its run trained)."""
     saved = read_run_config(path)
-    if saved is None or not hasattr(saved.settings, "version"):
-        return "v1", "no run config: v1"
-    return str(saved.settings.version), f"the model's run ({saved.path})"
+    if saved is not None and hasattr(saved.settings, "version"):
+        return str(saved.settings.version), f"the model's run ({saved.path})"
+    model_type = _model_type(Path(path))
+    if model_type in FAMILIES and model_type != "llava":
+        return "chat_template", f"no run config: the {FAMILIES[model_type].title} processor's chat template"
+    return "v1", "no run config: v1"
+
+
+def _model_type(path: Path) -> str | None:
+    """``model_type`` of the model in ``path`` (or its ``final/``), None when there is none to read."""
+    for config in (path / "config.json", path / "final" / "config.json"):
+        try:
+            return json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _format_1(data: dict[str, Any], file: Path) -> Any:

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
+from llava_core.model.inference import has_own_template
+
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the default process group, (0, 1) without one."""
@@ -38,7 +40,10 @@ def batch_inputs(processor, prompts: Sequence[str], images: Sequence[ImageSource
     where the format has one, as in training) and the images through the processor's own image
     handling (the run's pad, resize or crop, which the saved processor applies by itself)."""
     processor.tokenizer.padding_side = "left"
-    pil = [open_image(p) for p in images if p is not None]
+    opened = [open_image(p) if p is not None else None for p in images]
+    pil: list = [image for image in opened if image is not None]
+    if pil and has_own_template(processor):  # another family's processor: each prompt's own images (Gemma 3 asks)
+        pil = [[image] if image is not None else [] for image in opened]
     inputs = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True,
                        add_special_tokens=False)
     # LLaVA takes no token_type_ids; transformers 4.x tokenizers return them by default

@@ -10,13 +10,12 @@ from typing import Any
 
 from llava_core.config import PROMPT_VERSIONS
 from llava_core.console import console
-from llava_core.data.conversation import generation_prompt
 from llava_core.eval.answers import AnswerStore, answer_all
 from llava_core.eval.benchmarks import get_benchmark
 from llava_core.eval.config import EvalConfig
 from llava_core.eval.generate import rank_and_world
 from llava_core.io import atomic_write_json
-from llava_core.model.inference import inference_device, inference_dtype, load_model
+from llava_core.model.inference import chat_prompt, inference_device, inference_dtype, load_model
 
 
 def evaluate(cfg: EvalConfig, out_dir: str, loaded: tuple | None = None) -> dict[str, Any]:
@@ -38,8 +37,7 @@ def evaluate(cfg: EvalConfig, out_dir: str, loaded: tuple | None = None) -> dict
     else:
         llava, processor = loaded
     fmt = PROMPT_VERSIONS[cfg.version]
-    prompts = [generation_prompt(q.text, fmt, processor.tokenizer, with_image=q.image is not None)
-               for q in questions]
+    prompts = [chat_prompt([("user", q.text)], fmt, processor, with_image=q.image is not None) for q in questions]
     eval_dir = Path(out_dir) / "eval"
     settings = {k: v for k, v in cfg.to_dict().items() if k != "batch_size"}
     t0 = time.time()

@@ -77,6 +77,9 @@ def _save(model, processor, out_dir: str | Path, to: str, cfg: TrainConfig | Non
     if to == "llava":
         if is_text_only(model):
             raise ValueError("--to llava: this model has no vision part (a causal LM); export it with --to hf")
+        if model.config.model_type != "llava":
+            raise ValueError(f"--to llava writes LLaVA-1.5's original format; this model is a {model.config.model_type}: "
+                             "export it with --to hf")
         return save_llava_original(model, processor, cfg or TrainConfig(), out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

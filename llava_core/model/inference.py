@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import LlavaProcessor
 
 from llava_core.compat import load_auto_processor
 from llava_core.config import TrainConfig
-from llava_core.data.conversation import generation_prompt, place_images, render
+from llava_core.data.conversation import generation_prompt, place_images, render, render_with_processor
 from llava_core.data.encoding import tokenizer_of
 from llava_core.model.build import (
     as_trained,
@@ -122,14 +123,33 @@ def load_on_device(path: str | Path, dtype: str = "auto", load_in_8bit: bool = F
     return (model if bits != 16 else model.to(inference_device())), processor
 
 
-def chat_prompt(turns: Sequence[tuple[str, str]], fmt: str, tokenizer, with_image: bool) -> str:
+def chat_prompt(turns: Sequence[tuple[str, str]], fmt: str, processor, with_image: bool) -> str:
     """The prompt that asks for the next answer of a conversation (user, assistant, ..., user
     turns), the image placed in the first question as in training; ``plain`` (stage 1) has no
-    turns, so only the last question is asked."""
+    turns, so only the last question is asked. ``processor``: the model's processor or tokenizer;
+    another family than LLaVA-1.5 prompted in ``chat_template`` goes through its processor's chat
+    template (the family's image markup), as its training rendered it."""
+    placed = place_images(list(turns), 1 if with_image else 0)
+    if fmt == "chat_template" and has_own_template(processor):
+        return render_with_processor(placed, processor, add_generation_prompt=True)[0]
+    tokenizer = tokenizer_of(processor)
     if fmt == "plain":
         return generation_prompt(turns[-1][1], fmt, tokenizer, with_image)
-    return render(place_images(list(turns), 1 if with_image else 0), fmt, tokenizer,
-                  add_generation_prompt=True)[0]
+    return render(placed, fmt, tokenizer, add_generation_prompt=True)[0]
+
+
+def has_own_template(processor) -> bool:
+    """Whether ``processor`` is another family's (not LLaVA-1.5's, not a tokenizer), whose chat
+    template writes its images' markup itself."""
+    return getattr(processor, "image_processor", None) is not None and not isinstance(processor, LlavaProcessor)
+
+
+def pixel_dtype(model) -> torch.dtype:
+    """The dtype images go into ``model`` in: its vision part's (a quantized language model computes
+    in another), the first floating-point parameter outside the language model."""
+    fragments = ("language_model.", "text_model.", "lm_head.")
+    return next(p.dtype for n, p in model.named_parameters()
+                if p.is_floating_point() and not any(f in n for f in fragments))
 
 
 def stream_answer(model, processor, prompt: str, image: str | None = None, max_new_tokens: int = 256,
@@ -148,7 +168,7 @@ def stream_answer(model, processor, prompt: str, image: str | None = None, max_n
         inputs = processor(text=[prompt], images=pil, return_tensors="pt", add_special_tokens=False)
     inputs = {k: v.to(model.device) for k, v in inputs.items() if k != "token_type_ids"}
     if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.model.vision_tower.parameters()).dtype)
+        inputs["pixel_values"] = inputs["pixel_values"].to(pixel_dtype(model))
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     failed: list[BaseException] = []
