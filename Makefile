@@ -52,11 +52,11 @@ lint: setup
 
 # both stacks, each telling the cross-stack checkpoint test where the other one is
 test: lint setup-dcu
-	LLAVA_OTHER_STACK_PYTHON=$(abspath $(DCU_VENV))/bin/python $(PY) -m pytest -k "not test_short_demo"
+	LLAVA_OTHER_STACK_PYTHON=$(abspath $(DCU_VENV))/bin/python $(PY) -m pytest --durations=25 -k "not test_short_demo"
 	$(MAKE) test-dcu
 
 test-dcu: setup-dcu
-	$(DCU_VENV)/bin/python -m pytest -m "$(DCU_MARKERS)" -k "$(DCU_DESELECT)"
+	$(DCU_VENV)/bin/python -m pytest --durations=25 -m "$(DCU_MARKERS)" -k "$(DCU_DESELECT)"
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not distributed and not slurm and not docker and not demo"
