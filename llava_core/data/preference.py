@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from llava_core.data.conversation import ConversationError
-from llava_core.data.dataset import Collator
+from llava_core.data.dataset import Collator, ProcessorCollator
 from llava_core.data.encoding import Encoder
 from llava_core.data.images import ImageLoader
 from llava_core.data.records import Record
@@ -153,26 +153,39 @@ class DPODataset(Dataset):
                 raise ValueError(f"{record.where}: prompt + {side} answer is {len(enc['input_ids'])} "
                                  f"tokens after image expansion, over model_max_length "
                                  f"{self.encoder.max_length}")
-            out[f"{side}_input_ids"], out[f"{side}_labels"] = enc["input_ids"], enc["labels"]
+            out.update({f"{side}_{k}": v for k, v in enc.items() if k != "image_inputs"})
+            if "image_inputs" in enc:  # a family's processor made them (ProcessorEncoder): the same for both sides
+                out["image_inputs"] = enc["image_inputs"]
         return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"index": i, **self._encode(i)}
         image = self.records[i].get("image")
-        if image is not None:
+        if image is not None and "image_inputs" not in item:
             if self.images is None:
                 raise ValueError(f"{self.source} record {i} has an image but no image folder was given")
             item["pixel_values"] = self.images.load(image).unsqueeze(0)
         return item
 
 
+PAIR = "pair_"
+"""The prefix of a family's batch inputs that cover the chosen rows and then the rejected ones
+(image inputs, per-token type ids), given to the model as they are."""
+
+
 @dataclass
 class DPOCollator:
-    """Pads the chosen and the rejected sequences with the training collator; keeps ``index``."""
+    """Pads the chosen and the rejected sequences with the training collator; keeps ``index``.
+    With ``image_batching`` (another family than LLaVA-1.5: its processor made the image inputs),
+    the chosen and rejected rows are collated as one batch of both (``ProcessorCollator``), each
+    row with its image, and the inputs beside the ids come prefixed :data:`PAIR`."""
 
     pad_token_id: int
+    image_batching: str | None = None
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.image_batching is not None:
+            return self._pairs(items)
         collate = Collator(self.pad_token_id)
         batch: dict[str, torch.Tensor] = {"index": torch.tensor([x["index"] for x in items])}
         for side in ("chosen", "rejected"):
@@ -185,3 +198,13 @@ class DPOCollator:
                 raise ValueError("a DPO batch mixes pairs with and without images")
             batch["pixel_values"] = torch.cat(pixels)
         return batch
+
+    def _pairs(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [{k.removeprefix(f"{side}_"): v for k, v in x.items() if k.startswith(f"{side}_")}
+                | {"image_inputs": x.get("image_inputs", {})} for side in ("chosen", "rejected") for x in items]
+        both = ProcessorCollator(self.pad_token_id, self.image_batching)(rows)
+        n = len(items)
+        batch: dict[str, torch.Tensor] = {"index": torch.tensor([x["index"] for x in items])}
+        for key in ("input_ids", "attention_mask", "labels"):
+            batch[f"chosen_{key}"], batch[f"rejected_{key}"] = both.pop(key).split(n)
+        return batch | {PAIR + k: v for k, v in both.items()}

@@ -35,7 +35,7 @@ from llava_core.compat import (
     load_auto_processor,
     stack,
 )
-from llava_core.config import DPOConfig, TrainConfig
+from llava_core.config import TrainConfig
 from llava_core.data.conversation import TEMPLATES, chat_template
 from llava_core.data.encoding import image_token_count, tokenizer_of
 from llava_core.data.images import image_processor_for
@@ -86,9 +86,6 @@ def check_family_settings(family: Family, cfg: TrainConfig) -> list[str]:
                       "template: --version chat_template")
     if cfg.peft:
         errors.append(f"--peft {cfg.peft}: prompt learning is for causal LMs and LLaVA-1.5, not yet a {name}")
-    if isinstance(cfg, DPOConfig):
-        errors.append(f"dpo trains LLaVA-1.5 and causal LMs so far, not yet a {name}: its pairs are encoded with "
-                      "LLaVA-1.5's fixed image-token count, not the family's processor (llava_core.train.dpo)")
     if not family.llava_layout:
         for flag in ("deepspeed", "per_device_train_batch_size"):
             if str(getattr(cfg, flag)) == "auto":

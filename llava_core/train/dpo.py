@@ -35,9 +35,11 @@ from peft import PeftModel
 from llava_core.config import DPOConfig, TrainConfig, check_dpo_loss
 from llava_core.data.encoding import IGNORE_INDEX, Encoder, n_image_tokens
 from llava_core.data.images import ImageLoader
-from llava_core.data.preference import DPOCollator, DPODataset, read_dpo_records
+from llava_core.data.preference import PAIR, DPOCollator, DPODataset, read_dpo_records
 from llava_core.io import atomic_file
+from llava_core.model.build import other_family
 from llava_core.train.loop import TrainResult, run_training
+from llava_core.train.supervised import config_family, make_encoder
 from llava_core.train.trainer import LlavaTrainer
 
 REFERENCE_FILE = "reference_logps.pt"
@@ -105,11 +107,13 @@ class DPOTrainer(LlavaTrainer):
         n = inputs["chosen_input_ids"].shape[0]
         ids = _pad_cat(inputs["chosen_input_ids"], inputs["rejected_input_ids"], 0)
         mask = _pad_cat(inputs["chosen_attention_mask"], inputs["rejected_attention_mask"], 0)
+        pair = {k.removeprefix(PAIR): v for k, v in inputs.items() if k.startswith(PAIR)}  # another family's
         pixels = torch.cat([inputs["pixel_values"]] * 2) if "pixel_values" in inputs else None
-        if pixels is None and self.args.world_size > 1:
+        if pixels is None and not pair and self.args.world_size > 1:
             blank = self.with_blank_image(model, {"input_ids": ids, "attention_mask": mask})
             ids, mask, pixels = blank["input_ids"], blank["attention_mask"], blank["pixel_values"]
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
+        images = pair if pair else {"pixel_values": pixels}
+        out = model(input_ids=ids, attention_mask=mask, **images, use_cache=False)
         labels = _pad_cat(inputs["chosen_labels"], inputs["rejected_labels"], IGNORE_INDEX)
         logps, counts = sequence_logps(out.logits[:2 * n, :labels.shape[1]], labels)  # a blank row may be wider
         if ids.shape[0] > 2 * n:
@@ -212,6 +216,9 @@ def dpo_dataset(cfg: TrainConfig, model_config, processor) -> DPODataset:
     """The preference records of ``cfg.data_path`` (comma-separated files), encoded in the run's
     prompt format with its image settings."""
     records = [r for path in cfg.data_path.split(",") if path for r in read_dpo_records(path)]
+    family = config_family(model_config)
+    if family is not None and family.model_type != "llava":  # its processor encodes the images (ProcessorEncoder)
+        return DPODataset(records, make_encoder(cfg, processor, 0, family), None, source=cfg.data_path)
     encoder = Encoder(processor.tokenizer, cfg.prompt_format, n_image_tokens(model_config, processor),
                       cfg.model_max_length)
     images = ImageLoader(processor.image_processor, cfg.image_folder, cfg.image_aspect_ratio)
@@ -227,7 +234,8 @@ class DPORecipe:
         return dpo_dataset(cfg, model_config, processor)
 
     def collator(self, cfg: DPOConfig, processor) -> DPOCollator:
-        return DPOCollator(processor.tokenizer.pad_token_id)
+        family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+        return DPOCollator(processor.tokenizer.pad_token_id, family.image_batching if family is not None else None)
 
     def trainer_kwargs(self, cfg: DPOConfig) -> dict:
         return {"beta": cfg.beta, "loss_type": cfg.loss_type}

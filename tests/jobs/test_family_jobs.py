@@ -3,33 +3,38 @@
 outside the run, which loads with ``AutoModelForImageTextToText`` + ``AutoProcessor`` and generates;
 ``jobs.submit eval --task pope``, ``jobs.chat`` and ``jobs.serve``'s answer function on that folder
 answer as transformers does with the processor's chat template (the family's prompt and image
-markup); ``--to llava`` and ``dpo`` are refused naming the family."""
+markup); ``--to llava`` is refused naming the family. ``jobs.submit dpo`` trains LLaVA-NeXT and
+Qwen2.5-VL full and LoRA on pairs encoded by the family's processor."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from jobs.chat import main as chat
-from jobs.cli import CommandFailed
 from jobs.export import main as export
 from jobs.serve import build_app
 from jobs.submit import submit_job
 from llava_core.compat import load_auto_processor, stack
 from llava_core.config import PROMPT_VERSIONS
+from llava_core.data.dataset import ProcessorCollator
+from llava_core.data.encoding import ProcessorEncoder
+from llava_core.data.records import Record
 from llava_core.demo.families import BUILDERS, build_tiny_family, write_family_data
 from llava_core.eval.benchmarks.base import SHORT_ANSWER
 from llava_core.model.families import FAMILIES
 from llava_core.model.inference import chat_prompt, load_model, load_on_device
 from llava_core.run_config import trained_version
+from llava_core.train.dpo import sequence_logps
 from tests.model.test_families import _here
 
 FAMILIES_AFTER_TRAINING = [_here(t) for t in BUILDERS if stack() in FAMILIES[t].stacks]
-NO_DPO_YET = [_here(t) for t in ("llava_next", "qwen2_5_vl")]
-"""Every family but LLaVA-1.5 is refused by the same check; two of its layouts are tried."""
+DPO_FAMILIES = [_here(t) for t in ("llava_next", "qwen2_5_vl")]
 QUESTION = "is there a red circle ?"
 
 
@@ -112,15 +117,44 @@ def test_lora_run_exports_merged_and_evaluates_and_chats_as_transformers_answers
                                                                    ("user", "and a blue one ?")], images[1], 3)
 
 
-@pytest.mark.parametrize("model_type", NO_DPO_YET)
-def test_dpo_of_another_family_is_refused_at_submit_naming_it(model_type, family_data, tmp_path, capsys):
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"image": "img_000.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is it?"}], "chosen": "A circle.", "rejected": "A dog."}) + "\n")
-    with pytest.raises(CommandFailed, match="check\\(s\\) failed: model"):
-        submit_job("dpo", model_name_or_path=str(build_tiny_family(model_type, tmp_path / "base")),
-                   data_path=str(pairs), image_folder=family_data["image_folder"], beta=0.1, executor="local",
-                   output_dir=str(tmp_path / "dpo"), report_to="none", dry_run=True)
-    title = FAMILIES[model_type].title
-    assert (f"model: [failed] dpo trains LLaVA-1.5 and causal LMs so far, not yet a {title} ({model_type}): its pairs "
-            "are encoded with LLaVA-1.5's fixed image-token count") in capsys.readouterr().out
+def _logps_alone(model, processor, family, folder: str, record: dict, answer: str) -> float:
+    """The summed log-probability of ``answer`` after the record's prompt, the pair alone in its
+    batch (the supervised encoder and collator, no chosen/rejected stacking, no padding)."""
+    data = {**record, "conversations": record["conversations"] + [{"from": "gpt", "value": answer}]}
+    fmt = PROMPT_VERSIONS["v1" if family.llava_templates else "chat_template"]  # what dpo defaults to
+    item = ProcessorEncoder(processor, fmt, 512, folder, family.placeholder).encode(Record("pairs", 0, data))
+    batch = ProcessorCollator(processor.tokenizer.pad_token_id, family.image_batching)([item])
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return float(sequence_logps(logits, batch["labels"])[0][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", DPO_FAMILIES)
+def test_dpo_full_and_lora_train_on_the_familys_pairs(model_type, family_data, tmp_path):
+    family = FAMILIES[model_type]
+    base = build_tiny_family(model_type, tmp_path / "base")
+    records = [{"image": f"img_00{i}.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}],
+                "chosen": "A red circle.", "rejected": "A brown dog."} for i in range(4)]
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps(records))
+    common = {"model_name_or_path": str(base), "data_path": str(pairs), "image_folder": family_data["image_folder"],
+              "beta": 0.1, "executor": "local", "max_steps": 3, "warmup_ratio": 0.0, "per_device_train_batch_size": 2,
+              "learning_rate": 1e-3, "save_steps": 3, "logging_steps": 1, "model_max_length": 512, "report_to": "none"}
+    for name, extra in (("full", {}), ("lora", {"lora_enable": True, "lora_r": 4, "lora_alpha": 8})):
+        submit_job("dpo", output_dir=str(tmp_path / name), **common, **extra)
+        steps = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                 if '"loss"' in line]
+        assert len(steps) == 3 and steps[0]["logps/chosen"] == pytest.approx(steps[0]["logps/ref_chosen"], abs=1e-4)
+        assert steps[-1]["rewards/margins"] != 0 and all(math.isfinite(s["loss"]) for s in steps)
+        assert (tmp_path / name / "final" / "config.json").is_file()
+
+    # the reference log-probs of each pair, scored in pairs of chosen and rejected rows, are those of
+    # each answer scored alone
+    model = AutoModelForImageTextToText.from_pretrained(base).eval()
+    processor = load_auto_processor(base)
+    table = torch.load(tmp_path / "full" / "reference_logps.pt", weights_only=True)
+    for i, record in enumerate(records):
+        alone = [_logps_alone(model, processor, family, family_data["image_folder"], record, record[side])
+                 for side in ("chosen", "rejected")]
+        assert table[i] == pytest.approx(alone, abs=1e-3)
