@@ -150,9 +150,9 @@ def combine_images(values: list[torch.Tensor], how: str) -> torch.Tensor:
 def add_processor_blank_image(batch: dict[str, Any], processor, placeholder: str, image_batching: str,
                               pad_token_id: int) -> dict[str, Any]:
     """:func:`add_blank_image` for a family whose processor makes the image inputs: a padded batch
-    plus a row holding one black image as the processor expands it (``placeholder``: the
-    processor's attribute naming the image text), its labels ignored, so that the model runs its
-    vision tower and projector on a rank whose batch has no image."""
+    plus a row (a packed one plus a segment) holding one black image as the processor expands it
+    (``placeholder``: the processor's attribute naming the image text), its labels ignored, so that
+    the model runs its vision tower and projector on a rank whose batch has no image."""
     side = 64
     out = processor(text=[getattr(processor, placeholder)], images=[Image.new("RGB", (side, side))],
                     add_special_tokens=False, return_tensors="pt")
@@ -161,6 +161,14 @@ def add_processor_blank_image(batch: dict[str, Any], processor, placeholder: str
     row |= {key: out[key][0].tolist() for key in ("token_type_ids", "mm_token_type_ids") if key in out}
     row["image_inputs"] = {k: [v] for k, v in out.items() if k not in ("input_ids", "attention_mask", *row)}
     blank = ProcessorCollator(pad_token_id, image_batching)([row])
+    if "cu_seq_lens_q" in batch:
+        device = batch["input_ids"].device
+        merged = _append_segment(batch, blank["input_ids"].to(device))
+        for key in ("token_type_ids", "mm_token_type_ids"):
+            if key in blank:
+                types = batch.get(key, torch.zeros_like(batch["input_ids"]))
+                merged[key] = torch.cat([types, blank[key].to(device)], 1)
+        return merged | {k: v.to(device) for k, v in blank.items() if k in row["image_inputs"]}
     width = max(batch["input_ids"].shape[1], blank["input_ids"].shape[1])
     pads = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}
     merged = {**batch}
@@ -186,16 +194,9 @@ def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, i
     reduced together."""
     ids = batch["input_ids"]
     row = torch.full((1, n_tokens), image_token_id, dtype=ids.dtype, device=ids.device)
-    out = {**batch, "pixel_values": image}
     if "cu_seq_lens_q" in batch:
-        out["input_ids"] = torch.cat([ids, row], 1)
-        out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(n_tokens, device=ids.device)[None]], 1)
-        bounds = batch["cu_seq_lens_q"]
-        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = torch.cat([bounds, bounds[-1:] + n_tokens])
-        out["max_length_q"] = out["max_length_k"] = max(batch["max_length_q"], n_tokens)
-        if "labels" in batch:
-            out["labels"] = torch.cat([batch["labels"], torch.full_like(row, IGNORE_INDEX)], 1)
-        return out
+        return _append_segment(batch, row) | {"pixel_values": image}
+    out = {**batch, "pixel_values": image}
     width = max(ids.shape[1], n_tokens)
 
     def stack(tensor: torch.Tensor, extra: torch.Tensor, pad: int) -> torch.Tensor:
@@ -206,6 +207,19 @@ def add_blank_image(batch: dict[str, Any], image_token_id: int, n_tokens: int, i
         out["attention_mask"] = stack(batch["attention_mask"], torch.ones_like(row), 0)
     if "labels" in batch:
         out["labels"] = stack(batch["labels"], torch.full_like(row, IGNORE_INDEX), IGNORE_INDEX)
+    return out
+
+
+def _append_segment(batch: dict[str, Any], row: torch.Tensor) -> dict[str, Any]:
+    """A packed ``batch`` plus the ids ``row`` (1, n) as its last segment, labels ignored."""
+    n_tokens = row.shape[1]
+    out = {**batch, "input_ids": torch.cat([batch["input_ids"], row], 1)}
+    out["position_ids"] = torch.cat([batch["position_ids"], torch.arange(n_tokens, device=row.device)[None]], 1)
+    bounds = batch["cu_seq_lens_q"]
+    out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = torch.cat([bounds, bounds[-1:] + n_tokens])
+    out["max_length_q"] = out["max_length_k"] = max(batch["max_length_q"], n_tokens)
+    if "labels" in batch:
+        out["labels"] = torch.cat([batch["labels"], torch.full_like(row, IGNORE_INDEX)], 1)
     return out
 
 

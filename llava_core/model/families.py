@@ -58,7 +58,8 @@ class Family:
     lora_parts: frozenset[str] = frozenset({"llm"})
     """The parts whose linear layers LoRA wraps."""
     packs: bool = False
-    """Whether batches pack (``--packing``); the others train padded and say so once."""
+    """Whether batches pack (``--packing``: ``llava_core.train.packing``, Qwen-VL's 3-D rotary
+    positions per segment); the others train padded and say so once."""
     llava_templates: bool = False
     """Whether LLaVA's prompt templates (``--version v1``...) apply; else the processor's chat template."""
     needs_torchvision: bool = True
@@ -101,12 +102,12 @@ def _idefics(model_type: str, title: str, **kw) -> Family:
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     _llava_like("llava", "LLaVA-1.5", packs=True, llava_templates=True, needs_torchvision=False),
-    _llava_like("llava_next", "LLaVA-NeXT", "pad_patches", ANYRES_LAYOUT, llava_templates=True,
+    _llava_like("llava_next", "LLaVA-NeXT", "pad_patches", ANYRES_LAYOUT, packs=True, llava_templates=True,
                 needs_torchvision=False),
-    _llava_like("llava_onevision", "LLaVA-OneVision", "pad_patches", ANYRES_LAYOUT),
-    _qwen("qwen2_vl", "Qwen2-VL"),
-    _qwen("qwen2_5_vl", "Qwen2.5-VL"),
-    _qwen("qwen3_vl", "Qwen3-VL", stacks=frozenset({MODERN}),
+    _llava_like("llava_onevision", "LLaVA-OneVision", "pad_patches", ANYRES_LAYOUT, packs=True),
+    _qwen("qwen2_vl", "Qwen2-VL", packs=True),
+    _qwen("qwen2_5_vl", "Qwen2.5-VL", packs=True),
+    _qwen("qwen3_vl", "Qwen3-VL", packs=True, stacks=frozenset({MODERN}),
           notes=("transformers 4.55 (the dcu stack) has no Qwen3-VL",)),
     _llava_like("internvl", "InternVL"),
     Family("gemma3", "Gemma 3", LLAVA_LAYOUT, _LLAVA_MODULES, "model.language_model", "boi_token", "cat",

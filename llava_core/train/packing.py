@@ -17,21 +17,30 @@ Three pieces, used together:
   the model for logits only at positions whose next token is a label (`logits_to_keep`), so the
   LM head and the cross-entropy skip image, prompt and system tokens.
 
+The other families' samples (their processor's image inputs, ``ProcessorEncoder``) pack with
+`ProcessorPackingCollator`. Qwen2-VL / 2.5-VL / 3-VL rotate by 3-D positions (mRoPE: temporal,
+height, width); `use_varlen_attention` has their model compute them per segment, each segment's as
+if it were alone (`segment_mrope_positions`, the model's own ``get_rope_index``), never the packed
+row's 1-D positions spread over the three axes, which trains silently wrong.
+
 The loss equals the padded batch's loss on the same samples (sum over label tokens divided by their
-count), which the CPU smoke test checks.
+count), which the CPU smoke test (LLaVA-1.5) and the families' test check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from llava_core.compat import causal_sdpa, varlen_attention
-from llava_core.data.encoding import IGNORE_INDEX
-from llava_core.model.parts import text_configs
+from llava_core.data.dataset import combine_images
+from llava_core.data.encoding import IGNORE_INDEX, ProcessorEncoder
+from llava_core.model.parts import base_model, model_family, text_configs
 
 VARLEN_ATTENTION = "llava_varlen"
 
@@ -95,17 +104,101 @@ class PackingCollator:
         return batch
 
 
+class ProcessorPackingCollator(PackingCollator):
+    """:class:`PackingCollator` for a family whose processor makes the image inputs (samples of
+    ``ProcessorEncoder``): per-token type ids concatenated (0 on the tail), each image input of the
+    batch combined per the family's ``image_batching`` as ``ProcessorCollator`` does. Positions are
+    1-D, restarting per segment; a model with 3-D rotary positions replaces them per segment at
+    forward (:func:`use_varlen_attention`)."""
+
+    def __init__(self, pad_token_id: int, image_batching: str, pad_to_multiple_of: int = 64,
+                 max_segment_length: int = 2048) -> None:
+        super().__init__(pad_token_id, pad_to_multiple_of, max_segment_length)
+        self.image_batching = image_batching
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__([{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples])
+        tail = batch["input_ids"].shape[1] - sum(len(s["input_ids"]) for s in samples)
+        for key in ProcessorEncoder.TOKEN_TYPE_KEYS:
+            if any(key in s for s in samples):
+                rows = [torch.as_tensor(s.get(key) or [0] * len(s["input_ids"]), dtype=torch.long) for s in samples]
+                batch[key] = torch.cat([*rows, torch.zeros(tail, dtype=torch.long)])[None]
+        inputs: dict[str, list[torch.Tensor]] = {}
+        for sample in samples:
+            for key, values in sample.get("image_inputs", {}).items():
+                inputs.setdefault(key, []).extend(values)
+        for key, values in inputs.items():
+            batch[key] = combine_images(values, self.image_batching)
+        return batch
+
+
+def segment_mrope_positions(rope_index: Callable[..., tuple[torch.Tensor, torch.Tensor]], input_ids: torch.Tensor,
+                            cu_seq_lens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """3-D rotary positions (mRoPE) of a packed row, each segment's as if it were alone: the
+    segments laid out as the rows of a right-padded batch, ``rope_index`` (the model's
+    ``get_rope_index``) asked for them at once (it takes each row's images in order, as for a
+    padded batch), and put back in the packed order. ``inputs``: the forward's
+    ``mm_token_type_ids``, ``image_grid_thw``, ``video_grid_thw``, ``second_per_grid_ts`` (those
+    ``rope_index`` does not take are left out). Returns (4, 1, tokens): the 1-D positions of each
+    segment (what transformers reads as the text positions), then the three mRoPE rows."""
+    bounds = cu_seq_lens.to(input_ids.device).long()
+    lengths = bounds[1:] - bounds[:-1]
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=input_ids.device), lengths)
+    column = torch.arange(input_ids.shape[1], device=input_ids.device) - bounds[segment]
+    shape = (len(lengths), int(lengths.max()))
+
+    def laid_out(row: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(shape, dtype=row.dtype, device=row.device)
+        out[segment, column] = row[0]
+        return out
+
+    mask = laid_out(torch.ones_like(input_ids))
+    accepted = inspect.signature(rope_index).parameters
+    kwargs = {k: laid_out(v) if k == "mm_token_type_ids" else v for k, v in inputs.items()
+              if k in accepted and v is not None}
+    positions, _ = rope_index(laid_out(input_ids), attention_mask=mask, **kwargs)
+    return torch.cat([column[None, None], positions[:, segment, column][:, None]])
+
+
+def _segment_mrope_hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
+    """Forward pre-hook of a Qwen-VL model: a packed batch's 1-D positions (``cu_seq_lens_q``
+    given) become 3-D per segment (:func:`segment_mrope_positions`) when it holds an image or video."""
+    positions, bounds = kwargs.get("position_ids"), kwargs.get("cu_seq_lens_q")
+    vision = kwargs.get("image_grid_thw") is not None or kwargs.get("video_grid_thw") is not None
+    if bounds is None or positions is None or positions.dim() != 2 or not vision:
+        return None
+    inputs = {k: kwargs.get(k) for k in ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+    kwargs["position_ids"] = segment_mrope_positions(module.get_rope_index, kwargs["input_ids"], bounds, **inputs)
+    return args, kwargs
+
+
+def mrope_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module of a (possibly PEFT-wrapped) vision-language model that computes 3-D rotary
+    positions (``get_rope_index``, Qwen-VL's: the language model's parent), or None."""
+    outer = base_model(model)
+    family = model_family(outer)
+    if family is None:
+        return None
+    owner = functools.reduce(getattr, family.language_model.split(".")[:-1], outer)
+    return owner if hasattr(owner, "get_rope_index") else None
+
+
 def packed_causal_lm_loss(
     outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
 ) -> torch.Tensor:
     """Cross-entropy over the kept logits of a packed batch (Trainer `compute_loss_func`).
 
     `outputs.logits` holds one row per position whose next token is a label, in order, as
-    `PackingCollator`'s `logits_to_keep` asked for; the targets are those next tokens.
+    `PackingCollator`'s `logits_to_keep` asked for (or, from a model that does not take it, such
+    as Qwen2-VL on transformers 4.55, one per position, those rows then picked here); the targets
+    are those next tokens.
     """
     shifted = labels[:, 1:]
     targets = shifted[shifted != IGNORE_INDEX].to(outputs.logits.device)
-    logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    logits = outputs.logits
+    if logits.shape[1] == labels.shape[1]:
+        logits = logits[:, :-1][(shifted != IGNORE_INDEX).to(logits.device)]
+    logits = logits.reshape(-1, logits.shape[-1]).float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
     denominator = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     if torch.is_tensor(denominator):
@@ -184,8 +277,13 @@ def register_varlen_attention() -> str:
 
 
 def use_varlen_attention(model: torch.nn.Module) -> None:
-    """Switch the language model of a (possibly PEFT-wrapped) Llava model to packed varlen
-    attention; the vision tower keeps its own."""
+    """Switch the language model of a (possibly PEFT-wrapped) vision-language model to packed
+    varlen attention; the vision tower keeps its own. A model with 3-D rotary positions (Qwen-VL)
+    computes them per segment of a packed batch (:func:`segment_mrope_positions`, idempotent)."""
     register_varlen_attention()
     for config in text_configs(model):
         config._attn_implementation = VARLEN_ATTENTION
+    owner = mrope_model(model)
+    if owner is not None and not getattr(owner, "_segment_mrope", False):
+        owner.register_forward_pre_hook(_segment_mrope_hook, with_kwargs=True)
+        owner._segment_mrope = True

@@ -26,7 +26,7 @@ from llava_core.model.build import (
 from llava_core.model.families import FAMILIES, Family
 from llava_core.train.environment import is_main
 from llava_core.train.loop import TrainResult, run_training
-from llava_core.train.packing import PackingCollator, packed_causal_lm_loss
+from llava_core.train.packing import PackingCollator, ProcessorPackingCollator, packed_causal_lm_loss
 from llava_core.train.trainer import LlavaTrainer
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,11 @@ class SupervisedRecipe:
 
     def collator(self, cfg: TrainConfig, processor) -> Callable:
         pad_id = tokenizer_of(processor).pad_token_id
+        family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+        if cfg.packed and family is not None:
+            return ProcessorPackingCollator(pad_id, family.image_batching, max_segment_length=cfg.model_max_length)
         if cfg.packed:
             return PackingCollator(pad_id, max_segment_length=cfg.model_max_length)
-        family = other_family(cfg.model_name_or_path, cfg.cache_dir)
         return ProcessorCollator(pad_id, family.image_batching) if family is not None else Collator(pad_id)
 
     def trainer_kwargs(self, cfg: TrainConfig) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The family table (``llava_core.model.families``) and each family's tiny model: parts, LoRA
-targets, image tokens asked of the processor, and ``jobs.submit finetune`` on the saved folder
-(full and LoRA), its ``final/`` loading with ``AutoModelForImageTextToText`` + ``AutoProcessor``
+targets, image tokens asked of the processor, packed loss equal to padded (Qwen-VL's 3-D positions
+per segment), and ``jobs.submit finetune`` on the saved folder (full and LoRA, packed where the
+family packs), its ``final/`` loading with ``AutoModelForImageTextToText`` + ``AutoProcessor``
 and generating."""
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ from llava_core.demo.families import BUILDERS, build_tiny_family, write_family_d
 from llava_core.model.families import FAMILIES, UnsupportedFamily, family_of
 from llava_core.model.freeze import apply_freeze_plan, part_of
 from llava_core.model.lora import lora_target_regex, modules_to_save
+from llava_core.train.packing import (
+    ProcessorPackingCollator,
+    mrope_model,
+    packed_causal_lm_loss,
+    use_varlen_attention,
+)
 
 
 def _here(model_type: str):
@@ -119,6 +126,55 @@ def test_parts_lora_targets_and_image_tokens_come_from_the_family(model_type, ti
     torch.testing.assert_close(model(**blank).loss, model(**text).loss)
 
 
+PACKS = [p for p in HERE if FAMILIES[p.values[0]].packs]
+
+
+@pytest.mark.parametrize("model_type", PACKS)
+def test_packed_loss_equals_padded_with_3d_positions_per_segment(model_type, tiny, family_data):
+    """The packed batch's loss and logits are the padded batch's; for Qwen-VL the packed row's 1-D
+    positions spread over the three mRoPE axes (what flattening does) give another loss."""
+    from transformers import AutoModelForImageTextToText
+
+    family = FAMILIES[model_type]
+    model = AutoModelForImageTextToText.from_pretrained(tiny(model_type)).eval()
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():  # attention sharp enough to depend on positions
+        if family.part_of(name) == "llm" and re.search(r"\.(q|k)_proj\.weight$", name):
+            param.data.normal_(std=0.3)
+    processor = load_auto_processor(tiny(model_type))
+    pad = processor.tokenizer.pad_token_id
+    encoder = ProcessorEncoder(processor, "chat_template", 2048, family_data["image_folder"], family.placeholder)
+    records = read_records(family_data["data_path"])
+    items = [encoder.encode(r) for r in records[:3] + records[-1:] + records[3:5]]  # a text-only one among them
+    with torch.no_grad():
+        padded_batch = ProcessorCollator(pad, family.image_batching)(items)
+        padded = model(**padded_batch)
+        kept = padded.logits[:, :-1][padded_batch["labels"][:, 1:] != IGNORE_INDEX]
+        use_varlen_attention(model)
+
+        def packed_loss(batch):
+            batch = dict(batch)
+            labels = batch.pop("labels")
+            out = model(**batch)
+            return packed_causal_lm_loss(out, labels), out.logits[0]
+
+        batch = ProcessorPackingCollator(pad, family.image_batching)(items)
+        lengths = torch.tensor([len(x["input_ids"]) for x in items]).cumsum(0)
+        assert batch["input_ids"].shape[0] == 1 and batch["cu_seq_lens_q"][1 : len(items) + 1].tolist() == lengths.tolist()
+        loss, logits = packed_loss(batch)
+        torch.testing.assert_close(loss, padded.loss)
+        torch.testing.assert_close(logits, kept)
+        assert (mrope_model(model) is not None) == model_type.startswith("qwen")
+        if mrope_model(model) is not None:
+            flat = packed_loss(batch | {"position_ids": batch["position_ids"][None].expand(3, 1, -1)})[0]
+            assert abs(flat - padded.loss) > 1e-4, (flat, padded.loss)  # 5 x the tolerance of the equality
+        # a rank whose packed batch has no image runs the tower on a blank segment, the loss unchanged
+        text = ProcessorPackingCollator(pad, family.image_batching)(items[3:4])
+        blank = add_processor_blank_image(text, processor, family.placeholder, family.image_batching, pad)
+        assert "pixel_values" in blank and len(blank["cu_seq_lens_q"]) == len(text["cu_seq_lens_q"]) + 1
+        torch.testing.assert_close(packed_loss(blank)[0], packed_loss(text)[0])
+
+
 def test_an_unsupported_model_type_fails_at_submit_naming_the_families(tmp_path, family_data, capsys):
     from transformers import PaliGemmaConfig
 
@@ -149,7 +205,10 @@ def test_finetune_full_and_lora_through_submit_and_final_generates(model_type, t
         submit_job("finetune", output_dir=str(run), **common, **extra)
         out = capsys.readouterr().out
         assert f"model: [passed] {tiny(model_type)}; {family.title} ({model_type})" in out
-        assert f"--packing: {family.title} does not pack yet, batches are padded" in out
+        if family.packs:
+            assert "'attention': 'packed varlen'" in out
+        else:
+            assert f"--packing: {family.title} does not pack yet, batches are padded" in out
         assert len(losses(run)) == 3 and all(torch.isfinite(torch.tensor(losses(run))))
         log = (run / "logs" / "rank0.log").read_text()
         assert "projector " in log and "vision_tower " in log and ("lora " in log) == (name == "lora")
