@@ -3,8 +3,8 @@
 outside the run, which loads with ``AutoModelForImageTextToText`` + ``AutoProcessor`` and generates;
 ``jobs.submit eval --task pope``, ``jobs.chat`` and ``jobs.serve``'s answer function on that folder
 answer as transformers does with the processor's chat template (the family's prompt and image
-markup); ``--to llava`` is refused naming the family. ``jobs.submit dpo`` trains LLaVA-NeXT and
-Qwen2.5-VL full and LoRA on pairs encoded by the family's processor."""
+markup); ``--to llava`` is refused naming the family. ``jobs.submit dpo`` trains each full and
+LoRA on pairs encoded by the family's processor."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,6 @@ from llava_core.train.dpo import sequence_logps
 from tests.model.test_families import _here
 
 FAMILIES_AFTER_TRAINING = [_here(t) for t in BUILDERS if stack() in FAMILIES[t].stacks]
-DPO_FAMILIES = [_here(t) for t in ("llava_next", "qwen2_5_vl")]
 QUESTION = "is there a red circle ?"
 
 
@@ -130,7 +129,7 @@ def _logps_alone(model, processor, family, folder: str, record: dict, answer: st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", DPO_FAMILIES)
+@pytest.mark.parametrize("model_type", FAMILIES_AFTER_TRAINING)
 def test_dpo_full_and_lora_train_on_the_familys_pairs(model_type, family_data, tmp_path):
     family = FAMILIES[model_type]
     base = build_tiny_family(model_type, tmp_path / "base")
