@@ -128,7 +128,13 @@ def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
     """Locate the LLM (or vision-language checkpoint) and the vision tower (llava_core.model.hub); the
     config with loadable paths, or None with the reason in the failed check: an unsupported
     ``model_type`` names the supported families, and what a family cannot do yet names its flag."""
-    from llava_core.model.build import check_family_settings, family_notes, is_text_only_run, other_family
+    from llava_core.model.build import (
+        assembly_errors,
+        check_family_settings,
+        family_notes,
+        is_text_only_run,
+        other_family,
+    )
     from llava_core.model.hub import hub_unavailable, locate
 
     found, errors = {}, []
@@ -147,6 +153,8 @@ def check_models(cfg: TrainConfig) -> tuple[Check, TrainConfig | None]:
     except (OSError, ValueError) as e:
         return Check("model", FAILED, str(e)), None
     if family is not None and (errors := check_family_settings(family, located)):
+        return Check("model", FAILED, "\n".join(errors)), None
+    if errors := assembly_errors(located):
         return Check("model", FAILED, "\n".join(errors)), None
     names = [n for n in (cfg.model_name_or_path, cfg.vision_tower) if n]
     where = [f"{n} (local cache: {p})" if p != n else n for n, p in zip(names, (located.model_name_or_path, located.vision_tower))]

@@ -6,6 +6,7 @@ field goes into ``training_args`` unchanged.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import typing
@@ -19,7 +20,23 @@ PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 PEFT_METHODS = ("ptuning", "prompt_tuning", "prefix_tuning")
 """peft's prompt-learning methods (--peft); LoRA is --lora_enable."""
 ASPECT_RATIOS = ("pad", "resize", "crop")
+ASSEMBLED_FAMILIES = ("llava", "llava_next")
+"""The families ``--vision_tower`` assembles with a causal LM (``--model_family``)."""
 T = TypeVar("T")
+
+
+def parse_pinpoints(text: str) -> list[list[int]]:
+    """``--image_grid_pinpoints`` as [[height, width], ...]; ValueError naming the flag when it is no
+    list of pairs of positive integers."""
+    try:
+        value = ast.literal_eval(text) if isinstance(text, str) else text
+        pairs = [[int(h), int(w)] for h, w in value]
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"--image_grid_pinpoints {text!r}: expected (height, width) pairs such as "
+                         f'"[(336, 672), (672, 336)]" ({e})') from None
+    if not pairs or any(h < 1 or w < 1 for h, w in pairs):
+        raise ValueError(f"--image_grid_pinpoints {text!r}: expected at least one pair of positive sizes")
+    return pairs
 
 
 class Settings:
@@ -73,7 +90,15 @@ class TrainConfig(Settings):
     mm_use_im_patch_token: bool = False
     """LLaVA-1.5 uses False; transformers' LLaVA has no patch token."""
     mm_patch_merge_type: str = "flat"
-    """Only flat (LLaVA-1.5)."""
+    """Only flat (LLaVA-1.5); LLaVA-NeXT's spatial_unpad is --model_family llava_next."""
+    model_family: str = "llava"
+    """The family --vision_tower assembles with the causal LM --model_name_or_path: llava (LLaVA-1.5) or
+    llava_next (LLaVA-NeXT: AnyRes tiles at --image_grid_pinpoints, unpadded, rows ended by a trained
+    image_newline); a checkpoint's family is read from its config."""
+    image_grid_pinpoints: str | None = None
+    """LLaVA-NeXT's AnyRes resolutions, (height, width) pairs as its scripts write them, e.g.
+    "[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]"; default: that grid at the vision
+    tower's image size."""
     attn_implementation: str = "sdpa"
     """Attention kernel: sdpa, eager, or flash_attention_2 (if installed)."""
     model_max_length: int = 2048
@@ -217,6 +242,10 @@ class TrainConfig(Settings):
             )
         if self.mm_patch_merge_type != "flat":
             raise ValueError("--mm_patch_merge_type: only 'flat' (LLaVA-1.5) is supported")
+        if self.model_family not in ASSEMBLED_FAMILIES:
+            raise ValueError(f"--model_family {self.model_family!r}: use one of {', '.join(ASSEMBLED_FAMILIES)}")
+        if self.image_grid_pinpoints is not None:
+            parse_pinpoints(self.image_grid_pinpoints)
         if self.bits not in (4, 8, 16):
             raise ValueError(f"--bits {self.bits}: use 16, or 4/8 for QLoRA")
         if self.quant_type not in ("nf4", "fp4"):

@@ -19,6 +19,9 @@ from transformers import (
     AutoTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
     LlavaProcessor,
     PreTrainedModel,
 )
@@ -30,12 +33,13 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from llava_core.compat import (
     dtype_kwargs,
+    image_processor_class,
     image_processor_kwargs,
     llava_load_kwargs,
     load_auto_processor,
     stack,
 )
-from llava_core.config import TrainConfig
+from llava_core.config import TrainConfig, parse_pinpoints
 from llava_core.data.conversation import TEMPLATES, chat_template
 from llava_core.data.encoding import image_token_count, tokenizer_of
 from llava_core.data.images import image_processor_for
@@ -67,6 +71,26 @@ def other_family(path: str, cache_dir: str | None = None) -> Family | None:
     (whose own code paths stay as they are), else None."""
     family = checkpoint_family(path, cache_dir)
     return family if family is not None and family.model_type != "llava" else None
+
+
+def run_family(cfg: TrainConfig) -> Family | None:
+    """The family a run of ``cfg`` trains when it is not LLaVA-1.5: the one ``--vision_tower`` assembles
+    (``--model_family``) or the checkpoint's (:func:`other_family`); None for LLaVA-1.5 or a causal LM."""
+    if cfg.vision_tower:
+        return None if cfg.model_family == "llava" else FAMILIES[cfg.model_family]
+    return other_family(cfg.model_name_or_path, cfg.cache_dir)
+
+
+def assembly_errors(cfg: TrainConfig) -> list[str]:
+    """Why ``--model_family`` cannot apply to ``cfg`` (empty: it can): it names the family that
+    ``--vision_tower`` assembles, or the family of the checkpoint it continues."""
+    if cfg.model_family == "llava" or cfg.vision_tower:
+        return []
+    family = checkpoint_family(cfg.model_name_or_path, cfg.cache_dir)
+    if family is not None and family.model_type == cfg.model_family:
+        return []
+    return [(f"--model_family {cfg.model_family} assembles a model from the causal LM --model_name_or_path and "
+             f"--vision_tower: add --vision_tower (or continue from a {cfg.model_family} checkpoint)")]
 
 
 def check_family_settings(family: Family, cfg: TrainConfig) -> list[str]:
@@ -150,6 +174,8 @@ def build_model(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[L
     loaded alone (``AutoModelForCausalLM``), with its tokenizer as the processor.
     """
     cfg = as_parts(cfg)
+    if errors := assembly_errors(cfg):
+        raise ValueError("\n".join(errors))
     family = other_family(cfg.model_name_or_path, cfg.cache_dir)
     if family is not None:
         errors = check_family_settings(family, cfg)
@@ -231,6 +257,8 @@ def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
         vision_cfg, strategy = config.vision_config, config.vision_feature_select_strategy
     elif is_text_only_run(cfg):
         return load_tokenizer(cfg, image_token=False), 0
+    elif cfg.model_family == "llava_next":
+        return _next_processor(cfg), 0
     else:
         tokenizer = load_tokenizer(cfg, image_token=True)
         vision_cfg = _vision_config(cfg)
@@ -248,8 +276,50 @@ def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
     return processor, image_token_count(vision_cfg, strategy, processor.num_additional_image_tokens)
 
 
-def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A new LLaVA from a vision tower and a causal LLM, with the image token added to the tokenizer."""
+def grid_pinpoints(cfg: TrainConfig, vision_cfg) -> list[list[int]]:
+    """LLaVA-NeXT's AnyRes resolutions: ``--image_grid_pinpoints``, or its scripts' grid (1x2, 2x1,
+    2x2, 3x1, 1x3 tiles: 336 -> up to 672 x 672) at the vision tower's image size."""
+    if cfg.image_grid_pinpoints:
+        return parse_pinpoints(cfg.image_grid_pinpoints)
+    s = vision_cfg.image_size
+    return [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [3 * s, s], [s, 3 * s]]
+
+
+def _assembled_config(cfg: TrainConfig, vision_cfg, text_cfg, **kwargs: Any) -> LlavaConfig | LlavaNextConfig:
+    """The config of the model ``--vision_tower`` and ``--model_family`` assemble from the two configs."""
+    strategy, _ = _select_strategy(vision_cfg, cfg)
+    common = {"vision_config": vision_cfg.to_dict() | {"model_type": vision_cfg.model_type},
+              "text_config": text_cfg.to_dict() | {"model_type": text_cfg.model_type},
+              "projector_hidden_act": "gelu" if cfg.mm_projector_type == "mlp2x_gelu" else "linear",
+              "vision_feature_select_strategy": strategy, "vision_feature_layer": cfg.mm_vision_select_layer}
+    if cfg.model_family == "llava_next":
+        return LlavaNextConfig(**common, image_grid_pinpoints=grid_pinpoints(cfg, vision_cfg), **kwargs)
+    return LlavaConfig(**common, **kwargs)
+
+
+_ASSEMBLED_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
+
+
+def _next_processor(cfg: TrainConfig) -> LlavaNextProcessor:
+    """A LLaVA-NeXT processor from the vision tower's image processor (its size, mean and std) and the
+    LLM's tokenizer with the ``<image>`` token added, AnyRes at :func:`grid_pinpoints`."""
+    tokenizer = load_tokenizer(cfg, image_token=True)
+    vision_cfg = _vision_config(cfg)
+    strategy, has_cls = _select_strategy(vision_cfg, cfg)
+    tower = AutoImageProcessor.from_pretrained(cfg.vision_tower, cache_dir=cfg.cache_dir, **image_processor_kwargs())
+    s = vision_cfg.image_size
+    images = image_processor_class("LlavaNextImageProcessor")(
+        size={"shortest_edge": s}, crop_size={"height": s, "width": s}, image_mean=tower.image_mean,
+        image_std=tower.image_std, image_grid_pinpoints=grid_pinpoints(cfg, vision_cfg))
+    return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision_cfg.patch_size,
+                              vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if has_cls else 0,
+                              image_token=IMAGE_TOKEN, chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, LlavaProcessor | LlavaNextProcessor]:
+    """A new model of ``--model_family`` (LLaVA-1.5 or LLaVA-NeXT) from a vision tower and a causal LLM,
+    with a fresh projector (and LLaVA-NeXT's image_newline, initialised as LLaVA-NeXT does) and the
+    image token added to the tokenizer."""
     processor, n_image_tokens = load_processor(cfg)
     tokenizer = processor.tokenizer
     vision = _load_vision(cfg.vision_tower, cfg, dtype)
@@ -257,24 +327,18 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[Llav
         cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation,
         **qlora_load_kwargs(cfg),
     )
-    vision_cfg = vision.config
-    strategy, _ = _select_strategy(vision_cfg, cfg)
-    config = LlavaConfig(
-        vision_config=vision_cfg.to_dict() | {"model_type": vision_cfg.model_type},
-        text_config=llm.config.to_dict() | {"model_type": llm.config.model_type},
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        projector_hidden_act="gelu" if cfg.mm_projector_type == "mlp2x_gelu" else "linear",
-        vision_feature_select_strategy=strategy,
-        vision_feature_layer=cfg.mm_vision_select_layer,
-        image_seq_length=n_image_tokens,
-        tie_word_embeddings=llm.config.tie_word_embeddings,
-    )
+    config = _assembled_config(cfg, vision.config, llm.config, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                               tie_word_embeddings=llm.config.tie_word_embeddings,
+                               **({"image_seq_length": n_image_tokens} if n_image_tokens else {}))
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = _ASSEMBLED_CLASSES[cfg.model_family](config)
     model.model.vision_tower = vision
     model.model.language_model = llm.model
     model.lm_head = llm.lm_head
-    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
+    model.model.multi_modal_projector = type(model.model.multi_modal_projector)(config).to(dtype)
+    if hasattr(model.model, "image_newline"):
+        hidden = config.text_config.hidden_size
+        model.model.image_newline = torch.nn.Parameter(torch.randn(hidden, dtype=dtype) / hidden ** 0.5)
     if cfg.mm_projector_type == "linear":
         init_linear_projector(model.model.multi_modal_projector)
     model.config._attn_implementation = cfg.attn_implementation
@@ -298,14 +362,10 @@ def skeleton(cfg: TrainConfig) -> LlavaForConditionalGeneration | PreTrainedMode
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir))
     else:
-        vision_cfg = _vision_config(cfg)
-        text_cfg = AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir)
-        strategy, _ = _select_strategy(vision_cfg, cfg)
-        config = LlavaConfig(vision_config=vision_cfg.to_dict() | {"model_type": vision_cfg.model_type},
-                             text_config=text_cfg.to_dict() | {"model_type": text_cfg.model_type},
-                             vision_feature_select_strategy=strategy, vision_feature_layer=cfg.mm_vision_select_layer)
+        config = _assembled_config(cfg, _vision_config(cfg),
+                                   AutoConfig.from_pretrained(cfg.model_name_or_path, cache_dir=cfg.cache_dir))
     with torch.device("meta"):
-        return LlavaForConditionalGeneration(config)
+        return _ASSEMBLED_CLASSES.get(config.model_type, LlavaForConditionalGeneration)(config)
 
 
 def init_linear_projector(projector: LlavaMultiModalProjector) -> None:

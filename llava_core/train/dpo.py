@@ -37,7 +37,7 @@ from llava_core.data.encoding import IGNORE_INDEX, Encoder, n_image_tokens
 from llava_core.data.images import ImageLoader
 from llava_core.data.preference import PAIR, DPOCollator, DPODataset, read_dpo_records
 from llava_core.io import atomic_file
-from llava_core.model.build import other_family
+from llava_core.model.build import run_family
 from llava_core.train.loop import TrainResult, run_training
 from llava_core.train.supervised import config_family, make_encoder
 from llava_core.train.trainer import LlavaTrainer
@@ -234,7 +234,7 @@ class DPORecipe:
         return dpo_dataset(cfg, model_config, processor)
 
     def collator(self, cfg: DPOConfig, processor) -> DPOCollator:
-        family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+        family = run_family(cfg)
         return DPOCollator(processor.tokenizer.pad_token_id, family.image_batching if family is not None else None)
 
     def trainer_kwargs(self, cfg: DPOConfig) -> dict:

@@ -21,7 +21,7 @@ from llava_core.data.images import ImageLoader
 from llava_core.data.validation import ValidationReport, validate
 from llava_core.model.build import (
     load_processor,
-    other_family,
+    run_family,
 )
 from llava_core.model.families import FAMILIES, Family
 from llava_core.train.environment import is_main
@@ -44,7 +44,7 @@ def validate_data(cfg: TrainConfig, processor=None, n_image_tokens: int | None =
 
     if processor is None:
         processor, n_image_tokens = load_processor(cfg)
-    encoder = make_encoder(cfg, processor, n_image_tokens, other_family(cfg.model_name_or_path, cfg.cache_dir))
+    encoder = make_encoder(cfg, processor, n_image_tokens, run_family(cfg))
     image_folder = cfg.image_folder if encoder.takes_images else None  # a text-only model takes no image
     return preflight(cfg.data_path, encoder, image_folder, cfg.check_images, cfg.prompt_format,
                      cfg.allow_images_outside_folder, workers=workers, cache=cache, progress=progress,
@@ -106,7 +106,7 @@ class SupervisedRecipe:
 
     def collator(self, cfg: TrainConfig, processor) -> Callable:
         pad_id = tokenizer_of(processor).pad_token_id
-        family = other_family(cfg.model_name_or_path, cfg.cache_dir)
+        family = run_family(cfg)
         if cfg.packed and family is not None:
             return ProcessorPackingCollator(pad_id, family.image_batching, max_segment_length=cfg.model_max_length)
         if cfg.packed:
