@@ -20,7 +20,7 @@ PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 PEFT_METHODS = ("ptuning", "prompt_tuning", "prefix_tuning")
 """peft's prompt-learning methods (--peft); LoRA is --lora_enable."""
 ASPECT_RATIOS = ("pad", "resize", "crop")
-ASSEMBLED_FAMILIES = ("llava", "llava_next")
+ASSEMBLED_FAMILIES = ("llava", "llava_next", "llava_onevision")
 """The families ``--vision_tower`` assembles with a causal LM (``--model_family``)."""
 T = TypeVar("T")
 
@@ -92,13 +92,14 @@ class TrainConfig(Settings):
     mm_patch_merge_type: str = "flat"
     """Only flat (LLaVA-1.5); LLaVA-NeXT's spatial_unpad is --model_family llava_next."""
     model_family: str = "llava"
-    """The family --vision_tower assembles with the causal LM --model_name_or_path: llava (LLaVA-1.5) or
+    """The family --vision_tower assembles with the causal LM --model_name_or_path: llava (LLaVA-1.5),
     llava_next (LLaVA-NeXT: AnyRes tiles at --image_grid_pinpoints, unpadded, rows ended by a trained
-    image_newline); a checkpoint's family is read from its config."""
+    image_newline) or llava_onevision (the same with anyres_max_9, a SigLIP-like tower); a checkpoint's
+    family is read from its config."""
     image_grid_pinpoints: str | None = None
-    """LLaVA-NeXT's AnyRes resolutions, (height, width) pairs as its scripts write them, e.g.
-    "[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]"; default: that grid at the vision
-    tower's image size."""
+    """The AnyRes resolutions, (height, width) pairs as LLaVA-NeXT's scripts write them, e.g.
+    "[(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)]"; default: the family's grid at the
+    vision tower's image size (LLaVA-NeXT's above, LLaVA-OneVision's (1x1)..(6x6))."""
     attn_implementation: str = "sdpa"
     """Attention kernel: sdpa, eager, or flash_attention_2 (if installed)."""
     model_max_length: int = 2048

@@ -22,6 +22,9 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
     PreTrainedModel,
 )
@@ -48,6 +51,7 @@ from llava_core.model.llava_original import as_parts, is_original
 from llava_core.model.quantize import qlora_load_kwargs
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
 
 
 def checkpoint_family(path: str, cache_dir: str | None = None) -> Family | None:
@@ -257,8 +261,8 @@ def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
         vision_cfg, strategy = config.vision_config, config.vision_feature_select_strategy
     elif is_text_only_run(cfg):
         return load_tokenizer(cfg, image_token=False), 0
-    elif cfg.model_family == "llava_next":
-        return _next_processor(cfg), 0
+    elif cfg.model_family != "llava":
+        return _anyres_processor(cfg), 0
     else:
         tokenizer = load_tokenizer(cfg, image_token=True)
         vision_cfg = _vision_config(cfg)
@@ -277,15 +281,19 @@ def load_processor(cfg: TrainConfig) -> tuple[LlavaProcessor, int]:
 
 
 def grid_pinpoints(cfg: TrainConfig, vision_cfg) -> list[list[int]]:
-    """LLaVA-NeXT's AnyRes resolutions: ``--image_grid_pinpoints``, or its scripts' grid (1x2, 2x1,
-    2x2, 3x1, 1x3 tiles: 336 -> up to 672 x 672) at the vision tower's image size."""
+    """The AnyRes resolutions: ``--image_grid_pinpoints``, or the family's scripts' grid at the vision
+    tower's image size: LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1, 1x3 tiles (336 -> up to 672 x 672),
+    LLaVA-OneVision's (1x1)..(6x6) (384 -> up to 2304 x 2304)."""
     if cfg.image_grid_pinpoints:
         return parse_pinpoints(cfg.image_grid_pinpoints)
     s = vision_cfg.image_size
+    if cfg.model_family == "llava_onevision":
+        return [[i * s, j * s] for i in range(1, 7) for j in range(1, 7)]
     return [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [3 * s, s], [s, 3 * s]]
 
 
-def _assembled_config(cfg: TrainConfig, vision_cfg, text_cfg, **kwargs: Any) -> LlavaConfig | LlavaNextConfig:
+def _assembled_config(cfg: TrainConfig, vision_cfg, text_cfg,
+                      **kwargs: Any) -> LlavaConfig | LlavaNextConfig | LlavaOnevisionConfig:
     """The config of the model ``--vision_tower`` and ``--model_family`` assemble from the two configs."""
     strategy, _ = _select_strategy(vision_cfg, cfg)
     common = {"vision_config": vision_cfg.to_dict() | {"model_type": vision_cfg.model_type},
@@ -294,32 +302,53 @@ def _assembled_config(cfg: TrainConfig, vision_cfg, text_cfg, **kwargs: Any) -> 
               "vision_feature_select_strategy": strategy, "vision_feature_layer": cfg.mm_vision_select_layer}
     if cfg.model_family == "llava_next":
         return LlavaNextConfig(**common, image_grid_pinpoints=grid_pinpoints(cfg, vision_cfg), **kwargs)
+    if cfg.model_family == "llava_onevision":
+        return LlavaOnevisionConfig(**common, image_grid_pinpoints=grid_pinpoints(cfg, vision_cfg),
+                                    vision_aspect_ratio="anyres_max_9", **kwargs)
     return LlavaConfig(**common, **kwargs)
 
 
-_ASSEMBLED_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration}
+_ASSEMBLED_CLASSES = {"llava": LlavaForConditionalGeneration, "llava_next": LlavaNextForConditionalGeneration,
+                      "llava_onevision": LlavaOnevisionForConditionalGeneration}
 
 
-def _next_processor(cfg: TrainConfig) -> LlavaNextProcessor:
-    """A LLaVA-NeXT processor from the vision tower's image processor (its size, mean and std) and the
-    LLM's tokenizer with the ``<image>`` token added, AnyRes at :func:`grid_pinpoints`."""
+def _anyres_processor(cfg: TrainConfig) -> LlavaNextProcessor | LlavaOnevisionProcessor:
+    """A LLaVA-NeXT or LLaVA-OneVision processor (``--model_family``) from the vision tower's image
+    processor (its size, mean and std) and the LLM's tokenizer with ``<image>`` added (OneVision:
+    ``<video>`` too), AnyRes at :func:`grid_pinpoints`. OneVision takes a tower without a CLS token
+    (SigLIP), as its checkpoints do: its processor counts an image's tokens as a square of patches."""
     tokenizer = load_tokenizer(cfg, image_token=True)
     vision_cfg = _vision_config(cfg)
     strategy, has_cls = _select_strategy(vision_cfg, cfg)
     tower = AutoImageProcessor.from_pretrained(cfg.vision_tower, cache_dir=cfg.cache_dir, **image_processor_kwargs())
-    s = vision_cfg.image_size
-    images = image_processor_class("LlavaNextImageProcessor")(
-        size={"shortest_edge": s}, crop_size={"height": s, "width": s}, image_mean=tower.image_mean,
-        image_std=tower.image_std, image_grid_pinpoints=grid_pinpoints(cfg, vision_cfg))
-    return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision_cfg.patch_size,
-                              vision_feature_select_strategy=strategy, num_additional_image_tokens=1 if has_cls else 0,
-                              image_token=IMAGE_TOKEN, chat_template=getattr(tokenizer, "chat_template", None))
+    s, template = vision_cfg.image_size, getattr(tokenizer, "chat_template", None)
+    pinpoints, colours = grid_pinpoints(cfg, vision_cfg), {"image_mean": tower.image_mean, "image_std": tower.image_std}
+    if cfg.model_family == "llava_next":
+        images = image_processor_class("LlavaNextImageProcessor")(
+            size={"shortest_edge": s}, crop_size={"height": s, "width": s}, image_grid_pinpoints=pinpoints, **colours)
+        return LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision_cfg.patch_size,
+                                  vision_feature_select_strategy=strategy, num_additional_image_tokens=int(has_cls),
+                                  image_token=IMAGE_TOKEN, chat_template=template)
+    if has_cls:
+        raise ValueError(f"--model_family llava_onevision takes a vision tower without a CLS token (SigLIP), as "
+                         f"LLaVA-OneVision does; --vision_tower {cfg.vision_tower} is a {vision_cfg.model_type}")
+    from transformers import LlavaOnevisionVideoProcessor  # needs torchvision, as the processor does
+
+    if VIDEO_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([VIDEO_TOKEN], special_tokens=True)
+    images = image_processor_class("LlavaOnevisionImageProcessor")(
+        size={"height": s, "width": s}, image_grid_pinpoints=pinpoints, **colours)
+    video = LlavaOnevisionVideoProcessor(size={"height": s, "width": s}, **colours)
+    return LlavaOnevisionProcessor(image_processor=images, tokenizer=tokenizer, video_processor=video,
+                                   num_image_tokens=(s // vision_cfg.patch_size) ** 2,
+                                   vision_feature_select_strategy=strategy, chat_template=template,
+                                   image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN, vision_aspect_ratio="anyres_max_9")
 
 
-def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, LlavaProcessor | LlavaNextProcessor]:
-    """A new model of ``--model_family`` (LLaVA-1.5 or LLaVA-NeXT) from a vision tower and a causal LLM,
-    with a fresh projector (and LLaVA-NeXT's image_newline, initialised as LLaVA-NeXT does) and the
-    image token added to the tokenizer."""
+def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+    """A new model of ``--model_family`` (LLaVA-1.5, LLaVA-NeXT or LLaVA-OneVision) from a vision tower
+    and a causal LLM, with a fresh projector (and the AnyRes families' image_newline, initialised as
+    LLaVA-NeXT does) and the image token added to the tokenizer."""
     processor, n_image_tokens = load_processor(cfg)
     tokenizer = processor.tokenizer
     vision = _load_vision(cfg.vision_tower, cfg, dtype)
@@ -327,9 +356,10 @@ def assemble(cfg: TrainConfig, dtype: torch.dtype = torch.float32) -> tuple[PreT
         cfg.model_name_or_path, **dtype_kwargs(dtype), cache_dir=cfg.cache_dir, attn_implementation=cfg.attn_implementation,
         **qlora_load_kwargs(cfg),
     )
+    extra = ({"image_seq_length": n_image_tokens} if n_image_tokens else {}) | (
+        {"video_token_index": tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)} if cfg.model_family == "llava_onevision" else {})
     config = _assembled_config(cfg, vision.config, llm.config, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                               tie_word_embeddings=llm.config.tie_word_embeddings,
-                               **({"image_seq_length": n_image_tokens} if n_image_tokens else {}))
+                               tie_word_embeddings=llm.config.tie_word_embeddings, **extra)
     with torch.device("meta"):
         model = _ASSEMBLED_CLASSES[cfg.model_family](config)
     model.model.vision_tower = vision
