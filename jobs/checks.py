@@ -101,13 +101,13 @@ def estimate_memory_line(cfg: TrainConfig, processes: int, lengths: list[int], g
 
 
 def memory_layout_gap(cfg: TrainConfig) -> str | None:
-    """Why the memory estimate cannot measure ``cfg``'s model (None: it can): it reads LLaVA's module
-    layout (vision tower, multi_modal_projector, language_model), which Qwen-VL and Idefics3 lack."""
+    """Why the memory estimate cannot measure ``cfg``'s model (None: it can): it counts the parts its
+    family's table names (``Family.estimable``)."""
     from llava_core.model.build import other_family
     family = other_family(cfg.model_name_or_path, cfg.cache_dir)
-    if family is None or family.llava_layout:
+    if family is None or family.estimable:
         return None
-    return f"the estimate does not know {family.title}'s module layout yet"
+    return f"the estimate cannot count {family.title}'s parts yet"
 
 
 def check_output_dir(job_dir: Path) -> Check:

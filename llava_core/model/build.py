@@ -114,14 +114,14 @@ def check_family_settings(family: Family, cfg: TrainConfig) -> list[str]:
                       "template: --version chat_template")
     if cfg.peft:
         errors.append(f"--peft {cfg.peft}: prompt learning is for causal LMs and LLaVA-1.5, not yet a {name}")
-    if not family.llava_layout:
+    if not family.estimable:
         for flag in ("deepspeed", "per_device_train_batch_size"):
             if str(getattr(cfg, flag)) == "auto":
-                errors.append(f"--{flag} auto is chosen from the memory estimate, which does not know a {name}'s "
-                              f"layout yet: give a value")
+                errors.append(f"--{flag} auto is chosen from the memory estimate, which cannot estimate a {name} "
+                              f"yet: give a value")
         if cfg.gradient_checkpointing == "auto":
-            errors.append(f"--gradient_checkpointing auto is chosen from the memory estimate, which does not know a "
-                          f"{name}'s layout yet: True or False")
+            errors.append(f"--gradient_checkpointing auto is chosen from the memory estimate, which cannot estimate "
+                          f"a {name} yet: True or False")
     return errors
 
 

@@ -73,10 +73,10 @@ class Family:
         return next((part for part, fragment in self.parts if fragment in name), None)
 
     @property
-    def llava_layout(self) -> bool:
-        """Whether its modules are named as LLaVA's (``vision_tower``, ``multi_modal_projector``,
-        ``language_model``), which the memory estimate reads."""
-        return self.parts[: len(LLAVA_LAYOUT)] == LLAVA_LAYOUT
+    def estimable(self) -> bool:
+        """Whether the memory estimate (``llava_core.train.memory.job_shape``) can count its
+        parameters: its table names a vision tower, a projector, an LLM and an lm_head."""
+        return {part for part, _ in self.parts} == {"vision_tower", "projector", "llm", "lm_head"}
 
     def fragments(self, part: str) -> tuple[str, ...]:
         """The module-name fragments of ``part``."""

@@ -1,4 +1,4 @@
-"""Predicted peak GPU memory per rank for a LLaVA training job.
+"""Predicted peak GPU memory per rank for a training job of any family (``llava_core.model.families``).
 
 `estimate_peak_memory(job)` adds up, in bytes:
 - model states: parameters, gradients and Adam states of trainable and frozen parts, by precision
@@ -7,6 +7,7 @@
   world size, or on the CPU with optimizer offload;
 - activations saved for backward per token per decoder layer (the `*_BYTES` constants), or only
   the layer input for checkpointed layers plus one layer rebuilt during backward;
+- the frozen vision tower's hidden states per image (:func:`vision_sequence` x its width x its layers);
 - the LM head: logits and their fp32 copy, for the positions that get logits;
 - a fixed allowance for workspaces (cuBLAS, attention, allocator slack).
 
@@ -107,8 +108,10 @@ class JobShape:
         logit_tokens: positions that get logits (all tokens, or only label positions when packed).
         checkpointed_layers: decoder layers under gradient checkpointing.
         compiled: decoder layers run through torch.compile (saves fewer activations).
-        images: images in one micro batch.
+        images: images in one micro batch (one per sample).
         accumulation_steps: micro batches per optimizer step (host memory under offload).
+        vision_tokens: the vision tower's sequence per image (CLIP-L at 336 px: 24^2 patches + class token).
+        vision_hidden, vision_layers: the vision tower's width and depth (CLIP-L: 1024, 24).
     """
 
     vision_params: int
@@ -131,6 +134,9 @@ class JobShape:
     checkpointed_layers: int = 0
     compiled: bool = False
     accumulation_steps: int = 1
+    vision_tokens: int = 577
+    vision_hidden: int = 1024
+    vision_layers: int = 24
 
 
 @dataclass(frozen=True)
@@ -185,7 +191,9 @@ def _activations(job: JobShape) -> float:
     residual_bytes = 4 if fp32_residual else 2
     saved = job.tokens * (plain_layers * per_token_layer + job.checkpointed_layers * residual_bytes * job.hidden)
     rebuilt = job.tokens * per_token_layer if job.checkpointed_layers else 0
-    vision = job.images * 577 * 1024 * 2 * 26  # all hidden states of a CLIP-L forward, bf16
+    # every hidden state of the (frozen) vision tower's forward in bf16: its layers' outputs, the
+    # embeddings and one more in flight (CLIP-L: 26)
+    vision = job.images * job.vision_tokens * job.vision_hidden * 2 * (job.vision_layers + 2)
     return saved + rebuilt + vision
 
 
@@ -248,34 +256,102 @@ def micro_batch_tokens(lengths: Sequence[int], batch: int, packed: bool, seed: i
     return draws[int(0.999 * (len(draws) - 1))]
 
 
-def _numel(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+# vision configs whose tower prepends a class token to the patches
+CLASS_TOKEN_TOWERS = ("clip_vision_model", "internvl_vision")
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value[0], value[1]) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def vision_sequence(config, lengths: Sequence[int]) -> int:
+    """The vision tower's sequence length per sample, conservatively, from the model's configs:
+
+    - Qwen-VL (dynamic resolution; a vision config with ``spatial_merge_size``): the merger joins
+      spatial_merge_size^2 patches into one LLM token, and a sample's image tokens are part of its
+      length (the pre-flight lengths count them), so its images' patches are at most
+      spatial_merge_size^2 x the longest sample's length;
+    - Idefics3 / SmolVLM (``scale_factor``): the connector's pixel shuffle joins scale_factor^2
+      patches into one token: scale_factor^2 x the longest sample's length, every tile included;
+    - the others (a tower of fixed ``image_size`` and ``patch_size``): (image_size / patch_size)^2
+      patches (+1 for a class token) per tile, times the tiles of the largest AnyRes grid
+      (``image_grid_pinpoints``: LLaVA-NeXT, OneVision) plus the base image. InternVL's dynamic
+      tiles are the processor's (not in the model's config) and count as one tile here.
+    """
+    vision = config.vision_config
+    longest = max(abs(n) for n in lengths)
+    if getattr(vision, "spatial_merge_size", None):
+        return vision.spatial_merge_size**2 * longest
+    if getattr(config, "scale_factor", None):
+        return config.scale_factor**2 * longest
+    (height, width), (patch_h, patch_w) = _pair(vision.image_size), _pair(vision.patch_size)
+    per_tile = (height // patch_h) * (width // patch_w) + (vision.model_type in CLASS_TOKEN_TOWERS)
+    pinpoints = getattr(config, "image_grid_pinpoints", None)
+    tiles = 1 + max(h * w for h, w in pinpoints) // (height * width) if pinpoints else 1
+    return per_tile * tiles
+
+
+def params_by_part(model: torch.nn.Module) -> dict[str, int]:
+    """Parameters of ``model`` (possibly PEFT-wrapped) per part of its family's table
+    (``llava_core.model.families``): vision_tower, projector (merger, connector), llm (adapters in
+    it included), lm_head. A tied lm_head counts as a tensor of its own beside the embeddings (as the
+    estimate always has: conservative by vocab x hidden). A causal LM's are llm and lm_head. A peft
+    prompt encoder is no part (it counts as adapter weights)."""
+    from llava_core.model.families import FAMILIES
+    from llava_core.model.parts import is_text_only, model_family
+
+    text_only = is_text_only(model)
+    layout = model_family(model) or FAMILIES["llava"]
+    counts = dict.fromkeys(("vision_tower", "projector", "llm", "lm_head"), 0)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if "prompt_encoder." in name:
+            continue
+        part = layout.part_of(name) or ("llm" if text_only else None)
+        if part is None:
+            raise ValueError(f"parameter {name} is in no part of {layout.title}'s layout (llava_core.model.families)")
+        counts[part] += p.numel()
+    return counts
 
 
 def job_shape(model: torch.nn.Module, cfg: TrainConfig, lengths: Sequence[int]) -> JobShape:
-    """The memory-relevant shape of training `model` (after its freeze plan) per `cfg` on `lengths`."""
+    """The memory-relevant shape of training `model` (after its freeze plan) per `cfg` on `lengths`,
+    for any family of ``llava_core.model.families`` or a causal LM: the parameters per part
+    (:func:`params_by_part`), the LLM's shapes from the text config, one image per sample of the
+    micro batch with the vision sequence of :func:`vision_sequence`, the tower's width and depth
+    (``num_hidden_layers``, Qwen-VL's ``depth``) from the vision config. LLaVA-1.5 keeps the term of
+    CLIP-L at 336 px (577 x 1024 x 24 layers), whatever tower it was assembled with, as calibrated
+    against the benchmark's measured peaks."""
     from llava_core.model.freeze import part_of
-    from llava_core.model.parts import base_model, is_text_only, language_model
+    from llava_core.model.parts import base_model, is_text_only, model_family
 
     llava = base_model(model)
     text_only = is_text_only(llava)  # a causal LM alone: no vision tower or projector
+    family = model_family(llava)
     text = llava.config.get_text_config()
+    parts = params_by_part(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    projector = 0 if text_only else _numel(llava.model.multi_modal_projector)
-    llm_trainable = any(p.requires_grad for n, p in model.named_parameters() if part_of(n, text_only) == "llm")
+    projector = parts["projector"]
+    llm_trainable = any(p.requires_grad for n, p in model.named_parameters()
+                        if part_of(n, text_only, family) == "llm")
     train = "full" if llm_trainable else "lora" if cfg.lora_enable or cfg.peft else "projector"
     stage, offload = deepspeed_zero(cfg.deepspeed)
     tokens = micro_batch_tokens(lengths, cfg.per_device_train_batch_size, cfg.packed)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    vision = {}  # LLaVA-1.5 keeps CLIP-L/336's term (JobShape's defaults), which the benchmark calibrated
+    if family is not None and family.model_type != "llava":
+        config = llava.config.vision_config
+        vision = {"vision_tokens": vision_sequence(llava.config, lengths),
+                  "vision_hidden": getattr(config, "embed_dim", None) or config.hidden_size,
+                  "vision_layers": getattr(config, "depth", None) or config.num_hidden_layers}
     return JobShape(
-        vision_params=0 if text_only else _numel(llava.model.vision_tower), projector_params=projector,
-        llm_params=_numel(language_model(llava)) + llava.lm_head.weight.numel(),
+        vision_params=parts["vision_tower"], projector_params=projector, llm_params=parts["llm"] + parts["lm_head"],
         hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
-        kv_dim=text.num_key_value_heads * (text.hidden_size // text.num_attention_heads), vocab=text.vocab_size,
+        kv_dim=text.num_key_value_heads * head_dim, vocab=text.vocab_size,
         train=train, tokens=tokens, logit_tokens=tokens, images=0 if text_only else cfg.per_device_train_batch_size,
         lora_params=trainable - projector if train == "lora" else 0,
         precision="deepspeed_bf16" if cfg.deepspeed else "autocast", zero_stage=stage, offload_optimizer=offload,
         world_size=int(os.environ.get("WORLD_SIZE", "1")), compiled=cfg.compile_layers,
-        accumulation_steps=cfg.gradient_accumulation_steps,
+        accumulation_steps=cfg.gradient_accumulation_steps, **vision,
     )
 
 

@@ -1,9 +1,11 @@
 """The model-family presets (issue 27): each reproduces its family's published recipe (the numbers
 its header names), and passes submit's model check offline on a config-only snapshot of its model in a
 hub cache (the published sizes, no weights): the family is found in the family table, and the
-preset asks nothing of it that the family cannot do yet (``check_family_settings``)."""
+preset asks nothing of it that the family cannot do yet (``check_family_settings``); the memory estimate
+counts their parts through the family table and gives the 7B Qwen2.5-VL a 7B full finetune's numbers."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -119,8 +121,8 @@ def test_family_preset_reproduces_its_published_recipe(name):
     # what the published recipes train beside the LLM: the tower only where they unfreeze it, the projector
     # everywhere but under the QLoRA guides (which leave it frozen)
     assert cfg.freeze_mm_mlp_adapter == bool(lora) and not cfg.tune_mm_mlp_adapter and not cfg.freeze_backbone
-    # the fast path's auto choices where the memory estimate reads the family's layout; the recipe's values else
-    if not family.llava_layout:
+    # the fast path's auto choices where the memory estimate counts the family's parts; the recipe's values else
+    if not family.estimable:
         assert "auto" not in (cfg.per_device_train_batch_size, cfg.gradient_checkpointing, cfg.deepspeed)
 
 
@@ -134,3 +136,44 @@ def test_family_preset_passes_the_model_check_offline(name, family_hub):
     check, located = check_models(cfg)
     assert check.status == PASSED, check.detail
     assert f"{family.title} ({model_type})" in check.detail and located.model_name_or_path.startswith(str(family_hub))
+
+
+@pytest.mark.parametrize("repo, projector", [("Qwen/Qwen2.5-VL-7B-Instruct", "model.visual.merger"),
+                                             ("HuggingFaceTB/SmolVLM-Instruct", "model.connector")])
+def test_the_estimate_counts_every_parameter_once_by_the_family_table(repo, projector, family_hub):
+    """Qwen-VL keeps its merger inside its tower (``visual.merger``), Idefics3 names its parts
+    ``vision_model``, ``connector``, ``text_model``: each parameter lands in exactly one part."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from llava_core.train.memory import params_by_part
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(repo, cache_dir=family_hub))
+    parts = params_by_part(model)
+    assert sum(parts.values()) == sum(p.numel() for p in model.parameters())
+    assert parts["projector"] == sum(p.numel() for p in model.get_submodule(projector).parameters())
+    assert parts["lm_head"] == model.lm_head.weight.numel() and min(parts.values()) > 0
+
+
+def test_the_qwen25_vl_7b_presets_estimate_is_a_7b_full_finetunes(family_hub):
+    """On the published sizes: 8.29B parameters (tower 0.63B frozen; merger 45M, LLM and lm_head
+    7.62B trained), 16 bytes per trained parameter under DeepSpeed bf16 on one GPU (bf16 weights and
+    gradients, fp32 master and Adam), and the recipe's ZeRO-3 on 8 GPUs at its micro batch of 4
+    (samples of 2,048 tokens, every layer checkpointed) fits an 80 GiB card."""
+    from jobs.zero_choice import model_shape
+    from llava_core.train.memory import GIB, estimate_peak_memory
+
+    cfg = train_config(resolve("qwen2.5-vl-7b-finetune", None, {"data_path": "d.json"}).values)
+    _, located = check_models(cfg)
+    shape = model_shape(dataclasses.replace(located, deepspeed=None), 8, [2048])
+    assert shape.train == "full" and 0.62e9 < shape.vision_params < 0.64e9
+    assert 8.2e9 < shape.vision_params + shape.projector_params + shape.llm_params < 8.4e9
+    # Qwen's vision sequence: spatial_merge_size^2 patches per LLM token of the longest sample
+    assert (shape.vision_tokens, shape.vision_hidden, shape.vision_layers) == (4 * 2048, 1280, 32)
+    parts = estimate_peak_memory(dataclasses.replace(shape, precision="deepspeed_bf16", world_size=1)).parts_gib
+    trained = shape.projector_params + shape.llm_params
+    per_param = (parts["weights"] + parts["gradients"] + parts["optimizer"]) * GIB - 2 * shape.vision_params
+    assert per_param / trained == pytest.approx(16)
+    zero3 = dataclasses.replace(shape, precision="deepspeed_bf16", zero_stage=3, checkpointed_layers=shape.layers)
+    assert 20 < estimate_peak_memory(zero3).total_gib < 40
