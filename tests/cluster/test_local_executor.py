@@ -13,7 +13,7 @@ from cluster.launch import JobFailed, cancel, job_state, submit
 from cluster.launch_spec import LaunchSpec
 from tests.dist_callables import Abort, AllReduce, CountSteps, Fail, Sleep
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.jobflow]
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,10 @@ from jobs.kinds.recipe import RECORD, describe_chain
 from jobs.status import table
 from jobs.submit import submit_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.jobflow]
 
 
-def _wait(predicate, what: str, timeout: float = 300) -> None:
+def _wait(predicate, what: str, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

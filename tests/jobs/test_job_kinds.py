@@ -61,6 +61,7 @@ def test_training_arguments_fail_at_submit_not_on_the_ranks(flags, message, tiny
 
 
 @pytest.mark.slow
+@pytest.mark.jobflow
 def test_config_yaml_is_the_resolved_typed_config_and_resubmits_the_run(tiny_values, tmp_path):
     out = tmp_path / "run"
     submit_job("finetune", preset="tiny", executor="local", output_dir=str(out), deepspeed="zero2",

@@ -27,6 +27,7 @@ def test_a_launch_the_executor_cannot_do_writes_nothing(tiny_values, tmp_path, c
 
 
 @pytest.mark.slow
+@pytest.mark.jobflow
 def test_command_txt_resubmits_the_job_as_resolved_and_job_json_names_the_executor(tiny_values, tmp_path):
     job = tmp_path / "job"
     done = submit_job("finetune", preset="tiny", executor="local", output_dir=str(job), max_steps=2, save_steps=1,

@@ -19,7 +19,7 @@ from cluster.launch_spec import LaunchSpec
 from cluster.local_executor import STOP_GRACE_ENV
 from tests.dist_callables import AllReduce, CountSteps, FillDisk, Listeners, SleepWithChild
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.jobflow]
 
 
 @pytest.fixture(autouse=True)

@@ -46,6 +46,7 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.jobflow
 def test_a_stopped_rank_is_stalled_then_fails_the_job_and_the_resubmit_resumes_alone(tmp_path):
     job_dir, timeout = tmp_path / "stall", 30
     flags = ["finetune", "--preset", "tiny", "--gpus-per-node", "2", "--runs", str(tmp_path), "--output_dir",
@@ -106,6 +107,7 @@ def test_a_stopped_rank_is_stalled_then_fails_the_job_and_the_resubmit_resumes_a
 
 @pytest.mark.slow
 @pytest.mark.distributed
+@pytest.mark.jobflow
 def test_sigusr2_to_the_supervisor_checkpoints_and_requeues(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ckpt = tmp_path / "ckpt"

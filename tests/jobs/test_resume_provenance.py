@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from jobs.provenance import CHANGES_FILE
 from llava_core.train.checkpoints import CHECKSUM, COMPLETION_RECORD, RUN_RECORD
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.jobflow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
