@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from llava_core.data.conversation import IMAGE_TOKEN, ConversationError
-from llava_core.data.encoding import conversation_turns
 from llava_core.data.records import Record, RecordStream
 from llava_core.io import atomic_file
 
@@ -322,6 +321,8 @@ def convert_file(src: str, out: str, to: str = "llava", data_format: str = "auto
     (file, record, what is wrong). Returns the record count and the formats."""
     if to not in FORMATS:
         raise ValueError(f"--to {to!r}: use one of {', '.join(FORMATS)}")
+    from llava_core.data.encoding import conversation_turns  # torch: imported only to convert, not with the config
+
     records = read_records(src, data_format)
     bad = []
     for rec in records:
