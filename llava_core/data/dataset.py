@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from llava_core.data.encoding import IGNORE_INDEX, Encoder
+from llava_core.data.encoding import IGNORE_INDEX, Encoder, ProcessorEncoder
 from llava_core.data.images import ImageLoader
 from llava_core.data.records import Record
 from llava_core.data.validation import ValidationReport
@@ -119,19 +119,24 @@ class ProcessorCollator(Collator):
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = super().__call__(items)
         longest = batch["input_ids"].shape[1]
-        for key in ("token_type_ids", "mm_token_type_ids"):
+        for key in ProcessorEncoder.TOKEN_TYPE_KEYS:
             if any(key in x for x in items):
                 rows = torch.zeros((len(items), longest), dtype=torch.long)
                 for b, x in enumerate(items):
                     rows[b, : len(x["input_ids"])] = torch.tensor(x.get(key) or [0] * len(x["input_ids"]))
                 batch[key] = rows
-        inputs: dict[str, list[torch.Tensor]] = {}
-        for x in items:
-            for key, values in x.get("image_inputs", {}).items():
-                inputs.setdefault(key, []).extend(values)
-        for key, values in inputs.items():
-            batch[key] = combine_images(values, self.image_batching)
+        batch.update(combine_image_inputs(items, self.image_batching))
         return batch
+
+
+def combine_image_inputs(items: list[dict[str, Any]], how: str) -> dict[str, torch.Tensor]:
+    """Each image input of a batch (``pixel_values``, ``image_grid_thw``...) from its samples'
+    per-image tensors, in sample order, combined by :func:`combine_images`."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+    for item in items:
+        for key, values in item.get("image_inputs", {}).items():
+            inputs.setdefault(key, []).extend(values)
+    return {key: combine_images(values, how) for key, values in inputs.items()}
 
 
 def combine_images(values: list[torch.Tensor], how: str) -> torch.Tensor:

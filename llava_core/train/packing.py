@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from llava_core.compat import causal_sdpa, varlen_attention
-from llava_core.data.dataset import combine_images
+from llava_core.data.dataset import combine_image_inputs
 from llava_core.data.encoding import IGNORE_INDEX, ProcessorEncoder
 from llava_core.model.parts import base_model, model_family, text_configs
 
@@ -123,12 +123,7 @@ class ProcessorPackingCollator(PackingCollator):
             if any(key in s for s in samples):
                 rows = [torch.as_tensor(s.get(key) or [0] * len(s["input_ids"]), dtype=torch.long) for s in samples]
                 batch[key] = torch.cat([*rows, torch.zeros(tail, dtype=torch.long)])[None]
-        inputs: dict[str, list[torch.Tensor]] = {}
-        for sample in samples:
-            for key, values in sample.get("image_inputs", {}).items():
-                inputs.setdefault(key, []).extend(values)
-        for key, values in inputs.items():
-            batch[key] = combine_images(values, self.image_batching)
+        batch.update(combine_image_inputs(list(samples), self.image_batching))
         return batch
 
 

@@ -6,6 +6,7 @@ counts their parts through the family table and gives the 7B Qwen2.5-VL a 7B ful
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from jobs.checks import PASSED, check_models
 from jobs.options import load_preset, resolve, train_config
 from llava_core.compat import mrope_kwargs, stack
 from llava_core.model.families import FAMILIES
-from tests.train.test_zero_choice import CLIP_L_336, LLAMA_7B, _save
+from tests.train.test_zero_choice import CLIP_L_336, LLAMA_7B, _save, offline_hub
 
 # the published config.json values of the presets' models (text and vision sizes)
 SIGLIP_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
@@ -91,18 +92,9 @@ FAMILY_PRESETS = {
 
 
 @pytest.fixture(scope="module")
-def family_hub(tmp_path_factory) -> Path:
+def family_hub(tmp_path_factory) -> Iterator[Path]:
     """A hub cache holding the family presets' model configs, used offline for this module's tests."""
-    cache = write_family_hub_configs(tmp_path_factory.mktemp("hub"))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("HF_HUB_CACHE", str(cache))
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as hub_constants
-
-    patch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
-    patch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    yield cache
-    patch.undo()
+    yield from offline_hub(write_family_hub_configs(tmp_path_factory.mktemp("hub")))
 
 
 @pytest.mark.parametrize("name", FAMILY_PRESETS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,8 @@ def write_hub_configs(cache: Path) -> Path:
     return cache
 
 
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory) -> Path:
-    """A hub cache holding the presets' model configs, used offline for this module's tests."""
-    cache = write_hub_configs(tmp_path_factory.mktemp("hub"))
+def offline_hub(cache: Path) -> Iterator[Path]:
+    """Use the hub cache at ``cache``, offline, until the generator is closed (a module fixture's body)."""
     patch = pytest.MonkeyPatch()
     patch.setenv("HF_HUB_CACHE", str(cache))
     patch.setenv("HF_HUB_OFFLINE", "1")
@@ -60,6 +59,12 @@ def hub_cache(tmp_path_factory) -> Path:
     patch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     yield cache
     patch.undo()
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory) -> Iterator[Path]:
+    """A hub cache holding the presets' model configs, used offline for this module's tests."""
+    yield from offline_hub(write_hub_configs(tmp_path_factory.mktemp("hub")))
 
 
 @pytest.fixture(scope="module")
